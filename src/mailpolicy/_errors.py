@@ -1,0 +1,35 @@
+"""The exception family of mailpolicy.
+
+::
+
+    MailPolicyError                      every error this library raises on purpose
+    ├── InvalidInputError (TypeError)    a value of the wrong type handed to a public function
+    └── PolicyError (ValueError)         a policy or rule file is unreadable or invalid
+
+Each names what was wrong and where (file, dotted key path).
+"""
+
+from __future__ import annotations
+
+
+class MailPolicyError(Exception):
+    """Base class of every error raised on purpose by mailpolicy."""
+
+
+class InvalidInputError(MailPolicyError, TypeError):
+    """A public function was handed a value of a type it does not take."""
+
+
+class PolicyError(MailPolicyError, ValueError):
+    """A policy or rule file is unreadable or invalid.
+
+    ``source`` is the file (or ``"<builtin>"``), ``path`` the dotted key path inside it
+    (``rules[2].when.enhanced``), empty when the error concerns the whole file.
+    """
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source = source
+        self.path = path
+        self.problem = problem
+        where = f"{source}: {path}" if path else source
+        super().__init__(f"{where}: {problem}")

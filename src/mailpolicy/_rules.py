@@ -1,0 +1,342 @@
+"""Classification rules: data files compiled into fast lookup structures.
+
+The rules live in ``data/classification.toml`` (shipped in the package); each has an id
+that the verdict names. Three layers, most specific first (DESIGN.md §2 rule 2):
+
+1. ``[[rules]]``: ordered text rules (provider-specific ones first, then generic phrase
+   rules gated by stage, code and enhanced status). The first rule whose conditions all
+   hold and one of whose phrases occurs decides.
+2. ``[[status]]``: the enhanced status table, by subject.detail, then subject.
+3. ``[[codes]]``: reply-code defaults, by exact code, then by class (``5xx``).
+
+Phrases are matched on words, not regexes: the text is lower-cased and split into
+``\\w+`` words; a phrase is a sequence of words that must occur in that order with
+nothing between them, ``*`` standing for a gap of up to :data:`GAP` characters. A rule
+is only examined when the first word of one of its phrases occurs in the text, found by
+one set intersection, so the cost grows with the text, not with the number of rules.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final, cast
+
+from ._errors import PolicyError
+from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
+
+#: Characters a ``*`` in a phrase may stand for.
+GAP: Final = 60
+
+_WORD = re.compile(r"\w+")
+
+Matcher = Callable[[str], bool]
+
+
+def words_of(lowered: str) -> list[str]:
+    """The words of a lower-cased text, as rules see them."""
+    return _WORD.findall(lowered)
+
+
+@dataclass(frozen=True, slots=True)
+class Phrase:
+    """A sequence of words with optional ``*`` gaps, matched on the space-joined words."""
+
+    source: str
+    trigger: str
+    segments: tuple[str, ...]  # each " w1 w2 " with surrounding spaces
+
+    def found_in(self, joined: str) -> bool:
+        first, *rest = self.segments
+        pos = joined.find(first)
+        while pos != -1:
+            end = pos + len(first) - 1
+            for seg in rest:
+                nxt = joined.find(seg, end, end + GAP + len(seg))
+                if nxt == -1:
+                    break
+                end = nxt + len(seg) - 1
+            else:
+                return True
+            pos = joined.find(first, pos + 1)
+        return False
+
+
+def compile_phrase(source: str, where: str, path: str) -> Phrase:
+    parts = [p.strip() for p in source.lower().split("*")]
+    segments: list[str] = []
+    for part in parts:
+        words = words_of(part)
+        if not words:
+            raise PolicyError(where, path, f"phrase {source!r} has an empty part")
+        segments.append(" " + " ".join(words) + " ")
+    return Phrase(source=source, trigger=segments[0].split()[0], segments=tuple(segments))
+
+
+def _pattern(source: str, where: str, path: str, *, parts: int) -> Matcher:
+    """Compile a code (``5xx``, ``55x``, ``550``) or status (``5.7.*``, ``*.1.1``)
+    pattern; the word ``none`` matches a missing value."""
+    if source == "none":
+        return lambda value: value == ""
+    pieces = source.split(".") if parts == 3 else [source]
+    ok = len(pieces) == parts and all(re.fullmatch(r"\*|[0-9x]{1,3}", p) for p in pieces)
+    if parts == 1:
+        ok = ok and re.fullmatch(r"[2-5][0-9x]{2}", source) is not None
+    if not ok:
+        kind = "reply code" if parts == 1 else "enhanced status"
+        raise PolicyError(where, path, f"{source!r} is not a {kind} pattern")
+    regex = r"\.".join(r"[0-9]+" if p == "*" else p.replace("x", "[0-9]") for p in pieces)
+    return _fullmatch(re.compile(regex))
+
+
+def _fullmatch(rx: re.Pattern[str]) -> Matcher:
+    return lambda value: rx.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One classification rule. Absent conditions always hold."""
+
+    id: str
+    reason: Reason
+    phrases: tuple[Phrase, ...] = ()
+    codes: tuple[Matcher, ...] = ()
+    statuses: tuple[Matcher, ...] = ()
+    stages: frozenset[Stage | None] | None = None
+    hosts: tuple[str, ...] = ()
+    kind: Kind | None = None
+    scope: Scope | None = None
+    weak: bool = False
+    firm: bool = False
+
+    def applies(self, code: str, status: str, stage: Stage | None, host: str) -> bool:
+        if self.stages is not None and stage not in self.stages:
+            return False
+        if self.codes and not any(m(code) for m in self.codes):
+            return False
+        if self.statuses and not any(m(status) for m in self.statuses):
+            return False
+        return not self.hosts or any(host == h or host.endswith("." + h) for h in self.hosts)
+
+    def says(self, joined: str) -> bool:
+        return any(p.found_in(joined) for p in self.phrases)
+
+
+_RULE_KEYS: Final = frozenset(
+    {
+        "id",
+        "reason",
+        "text",
+        "code",
+        "status",
+        "stage",
+        "host",
+        "kind",
+        "scope",
+        "match",
+        "weak",
+        "firm",
+    }
+)
+
+
+def _strings(value: object, where: str, path: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return cast(list[str], value)
+    raise PolicyError(where, path, "expected a string or a non-empty list of strings")
+
+
+def compile_rule(raw: Mapping[str, Any], where: str, path: str, *, table: str) -> Rule:
+    """Validate one raw rule (from TOML) and compile it."""
+    unknown = sorted(set(raw) - _RULE_KEYS)
+    if unknown:
+        raise PolicyError(where, f"{path}.{unknown[0]}", "unknown key")
+    rule_id = raw.get("id")
+    if not isinstance(rule_id, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", rule_id):
+        raise PolicyError(
+            where, f"{path}.id", "expected an id of lower-case letters, digits, '.', '_' or '-'"
+        )
+    reason = raw.get("reason")
+    if reason not in REASONS:
+        raise PolicyError(
+            where,
+            f"{path}.reason",
+            f"unknown reason {reason!r}; expected one of {', '.join(REASONS)}",
+        )
+    phrases = (
+        tuple(
+            compile_phrase(p, where, f"{path}.text")
+            for p in _strings(raw["text"], where, f"{path}.text")
+        )
+        if "text" in raw
+        else ()
+    )
+    if table == "rules" and not phrases:
+        raise PolicyError(where, f"{path}.text", "a text rule needs at least one phrase")
+    codes = (
+        tuple(
+            _pattern(p, where, f"{path}.code", parts=1)
+            for p in _strings(raw["code"], where, f"{path}.code")
+        )
+        if "code" in raw
+        else ()
+    )
+    statuses = (
+        tuple(
+            _pattern(p, where, f"{path}.status", parts=3)
+            for p in _strings(raw["status"], where, f"{path}.status")
+        )
+        if "status" in raw
+        else ()
+    )
+    stages: frozenset[Stage | None] | None = None
+    if "stage" in raw:
+        names = _strings(raw["stage"], where, f"{path}.stage")
+        bad = [n for n in names if n != "none" and n not in STAGES]
+        if bad:
+            raise PolicyError(
+                where,
+                f"{path}.stage",
+                f"unknown stage {bad[0]!r}; expected 'none' or one of {', '.join(STAGES)}",
+            )
+        stages = frozenset(None if n == "none" else cast(Stage, n) for n in names)
+    hosts = (
+        tuple(h.lower().strip(".") for h in _strings(raw["host"], where, f"{path}.host"))
+        if "host" in raw
+        else ()
+    )
+    kind = raw.get("kind")
+    if kind is not None and kind not in KINDS:
+        raise PolicyError(where, f"{path}.kind", f"expected one of {', '.join(KINDS)}")
+    scope = raw.get("scope")
+    if scope is not None and scope not in SCOPES:
+        raise PolicyError(where, f"{path}.scope", f"expected one of {', '.join(SCOPES)}")
+    flags = {}
+    for flag, allowed_in in (("weak", "rules"), ("firm", "status")):
+        if flag in raw:
+            if table != allowed_in:
+                raise PolicyError(
+                    where, f"{path}.{flag}", f"only [[{allowed_in}]] entries take {flag!r}"
+                )
+            if not isinstance(raw[flag], bool):
+                raise PolicyError(where, f"{path}.{flag}", "expected true or false")
+            flags[flag] = raw[flag]
+    return Rule(
+        id=rule_id,
+        reason=cast(Reason, reason),
+        phrases=phrases,
+        codes=codes,
+        statuses=statuses,
+        stages=stages,
+        hosts=hosts,
+        kind=cast(Kind | None, kind),
+        scope=cast(Scope | None, scope),
+        **flags,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """Compiled rules: ordered text rules indexed by trigger word, and the status and
+    code tables keyed for dictionary lookup."""
+
+    text_rules: tuple[Rule, ...]
+    triggers: Mapping[str, tuple[int, ...]]
+    trigger_words: frozenset[str]
+    status_table: Mapping[str, tuple[Rule, ...]]  # "1.1", "1.*"
+    code_table: Mapping[str, tuple[Rule, ...]]  # "552", "5xx"
+
+    def candidates(self, words: Iterable[str]) -> list[int]:
+        """Indices of the text rules worth examining for these words, in rule order."""
+        found = self.trigger_words.intersection(words)
+        if not found:
+            return []
+        hits: set[int] = set()
+        for w in found:
+            hits.update(self.triggers[w])
+        return sorted(hits)
+
+
+def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
+    """Compile the parsed TOML of a rule file."""
+    unknown = sorted(set(raw) - {"rules", "status", "codes"})
+    if unknown:
+        raise PolicyError(where, unknown[0], "unknown key; expected rules, status or codes")
+    seen: set[str] = set()
+
+    def compiled(table: str) -> list[Rule]:
+        items = raw.get(table, [])
+        if not isinstance(items, list):
+            raise PolicyError(where, table, "expected an array of tables")
+        out = []
+        for i, item in enumerate(items):
+            path = f"{table}[{i}]"
+            if not isinstance(item, dict):
+                raise PolicyError(where, path, "expected a table")
+            rule = compile_rule(item, where, path, table=table)
+            if rule.id in seen:
+                raise PolicyError(where, f"{path}.id", f"duplicate rule id {rule.id!r}")
+            seen.add(rule.id)
+            out.append(rule)
+        return out
+
+    text_rules = tuple(compiled("rules"))
+    triggers: dict[str, list[int]] = {}
+    for i, rule in enumerate(text_rules):
+        for phrase in rule.phrases:
+            bucket = triggers.setdefault(phrase.trigger, [])
+            if not bucket or bucket[-1] != i:
+                bucket.append(i)
+
+    def keyed(
+        table: str, key_of: Callable[[Mapping[str, Any], str], str]
+    ) -> dict[str, tuple[Rule, ...]]:
+        out: dict[str, list[Rule]] = {}
+        for i, (item, rule) in enumerate(zip(raw.get(table, []), compiled(table), strict=True)):
+            out.setdefault(key_of(item, f"{table}[{i}].match"), []).append(rule)
+        return {k: tuple(v) for k, v in out.items()}
+
+    def status_key(item: Mapping[str, Any], path: str) -> str:
+        match = item.get("match")
+        if not isinstance(match, str) or not re.fullmatch(r"[0-9]{1,3}\.(?:[0-9]{1,3}|\*)", match):
+            raise PolicyError(where, path, "expected 'subject.detail' or 'subject.*', e.g. '1.1'")
+        return match
+
+    def code_key(item: Mapping[str, Any], path: str) -> str:
+        match = item.get("match")
+        if not isinstance(match, str) or not re.fullmatch(r"[2-5](?:[0-9]{2}|xx)", match):
+            raise PolicyError(where, path, "expected a reply code or a class such as '5xx'")
+        return match
+
+    return RuleSet(
+        text_rules=text_rules,
+        triggers={k: tuple(v) for k, v in triggers.items()},
+        trigger_words=frozenset(triggers),
+        status_table=keyed("status", status_key),
+        code_table=keyed("codes", code_key),
+    )
+
+
+def load_builtin_rules() -> RuleSet:
+    """The rules shipped with the package."""
+    name = "classification.toml"
+    text = resources.files("mailpolicy").joinpath("data", name).read_text("utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(name, "", f"invalid TOML: {exc}") from exc
+    return build_ruleset(raw, name)
+
+
+def first_rule(
+    rules: Sequence[Rule], code: str, status: str, stage: Stage | None, host: str
+) -> Rule | None:
+    for rule in rules:
+        if rule.applies(code, status, stage, host):
+            return rule
+    return None
