@@ -1,0 +1,282 @@
+"""Table-driven specification of the classifier on real replies.
+
+Each row: the reply as a server (or a relay's bounce) wrote it, the stage it answered,
+and what the verdict must say. Sources are in shared/research/classification.md (corpus
+file names refer to sisimai/set-of-emails, issue numbers to public trackers).
+Adding a provider quirk = a rule in data/classification.toml + a row here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mailpolicy import REASONS, Stage, classify
+
+# (reply, stage, code, status, kind, reason, retry, suppress)
+Row = tuple[str | bytes, Stage | None, int | None, str | None, str, str, bool, bool]
+
+# fmt: off
+ROWS: list[Row] = [
+    # --- delivered
+    ("250 2.0.0 Ok: queued as 4Bc1fT3mZ", "end_of_data", 250, "2.0.0", "success", "delivered", False, False),
+    ("250 OK", "rcpt", 250, None, "success", "delivered", False, False),
+    # --- service_unavailable (421 at any stage)
+    ("421 4.3.2 Service shutting down and closing transmission channel", "mail", 421, "4.3.2", "transient", "service_unavailable", True, False),
+    ("421 Service not available, closing transmission channel", "greeting", 421, None, "transient", "service_unavailable", True, False),
+    ("421 4.4.5 Server busy, try again later", "rcpt", 421, "4.4.5", "transient", "service_unavailable", True, False),
+    ("421", None, 421, None, "transient", "service_unavailable", True, False),
+    # --- rate_limited
+    ("421 4.7.0 Too many connections from your host, try again later", "greeting", 421, "4.7.0", "transient", "rate_limited", True, False),
+    ("450 4.2.1 The user you are trying to contact is receiving mail too quickly", "rcpt", 450, "4.2.1", "transient", "rate_limited", True, False),
+    ("451 4.7.650 The mail server [192.0.2.25] has been temporarily rate limited due to IP reputation. (S3113)", "rcpt", 451, "4.7.650", "transient", "rate_limited", True, False),
+    ("451 4.7.500 Server busy. Please try again later from [192.0.2.25]. (S77719)", "rcpt", 451, "4.7.500", "transient", "rate_limited", True, False),
+    ("421 4.7.0 [TSS04] Messages from 192.0.2.192 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1", "mail", 421, "4.7.0", "transient", "rate_limited", True, False),
+    (
+        "421-4.7.28 Gmail has detected an unusual rate of unsolicited mail originating\n"
+        "421-4.7.28 from your SPF domain. To protect our users from spam, mail sent from\n"
+        "421 4.7.28 your domain has been temporarily rate limited.",
+        "end_of_data", 421, "4.7.28", "transient", "rate_limited", True, False,
+    ),
+    # a 5xx quota that resets: permanent by class, retried by the default policy
+    ("550 5.1.1 <kijitora@example.com> - 203.0.113.222 has sent to too many recipients this hour. IB607", "rcpt", 550, "5.1.1", "permanent", "rate_limited", True, False),
+    ("550 5.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional messages from being delivered.", "rcpt", 550, "5.2.1", "permanent", "rate_limited", True, False),
+    # --- greylisted
+    ("450 4.2.0 <xo@wvvw.me>: Recipient address rejected: Greylisted, see http://postgrey.schweikert.ch/help/wvvw.me.html", "rcpt", 450, "4.2.0", "transient", "greylisted", True, False),
+    ("451 4.7.1 Try again later", "rcpt", 451, "4.7.1", "transient", "greylisted", True, False),
+    ("451 Greylisted, please try again in 900 seconds", "rcpt", 451, None, "transient", "greylisted", True, False),
+    ("457 Greylisted, please come back later", "rcpt", 457, None, "transient", "greylisted", True, False),
+    ("451 4.3.0 Greylisting in progress", "rcpt", 451, "4.3.0", "transient", "greylisted", True, False),
+    ("450 4.7.1 <a@example.org>: Recipient address rejected: Greylisted by greyfix 0.4.0, try again in 30 seconds", "rcpt", 450, "4.7.1", "transient", "greylisted", True, False),
+    # --- mailbox_full
+    ("452 4.2.2 The recipient's inbox is out of storage space. Please direct the recipient to https://support.google.com/mail/?p=OverQuotaTemp", "rcpt", 452, "4.2.2", "transient", "mailbox_full", True, False),
+    ("552 5.2.2 The recipient's inbox is out of storage space and inactive. https://support.google.com/mail/?p=OverQuotaPerm", "rcpt", 552, "5.2.2", "permanent", "mailbox_full", False, False),
+    ("550 5.2.2 <kijitora@example.jp>... Mailbox Full", "rcpt", 550, "5.2.2", "permanent", "mailbox_full", False, False),
+    ("552 Requested mail action aborted: exceeded storage allocation", "rcpt", 552, None, "permanent", "mailbox_full", False, False),
+    # --- mailbox_unknown (suppress on 5xx at RCPT, retry on 4xx)
+    ("550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown in local recipient table", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
+    (
+        "550-5.1.1 The email account that you tried to reach does not exist. Please try\n"
+        "550-5.1.1 double-checking the recipient's email address for typos or\n"
+        "550 5.1.1 unnecessary spaces. https://support.google.com/mail/?p=NoSuchUser",
+        "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True,
+    ),
+    ("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup", "rcpt", 550, "5.1.10", "permanent", "mailbox_unknown", False, True),
+    ("550 sorry, no mailbox here by that name (#5.1.1 - chkusr)", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
+    ("550 Unknown user kijitora@example.co.jp", "rcpt", 550, None, "permanent", "mailbox_unknown", False, True),
+    ("554 delivery error: dd This user doesn't have a yahoo.com account (x@yahoo.com) [0] - mta1061.mail.ne1.yahoo.com", "rcpt", 554, None, "permanent", "mailbox_unknown", False, True),
+    ("450 4.1.1 <kijitora@example.org>: Recipient address rejected: User unknown in virtual alias table", "rcpt", 450, "4.1.1", "transient", "mailbox_unknown", True, False),
+    ("550 5.4.1 <a@example.org>: Recipient address rejected: Access denied [BL2NAM02FT061.eop-nam02.prod.protection.outlook.com]", "rcpt", 550, "5.4.1", "permanent", "mailbox_unknown", False, True),
+    # the same words at MAIL are about our sender
+    ("550 5.1.1 <bounces@example.com>: Sender address rejected: User unknown", "mail", 550, "5.1.1", "permanent", "sender_rejected", False, False),
+    # after the final dot, "user unknown" without an addressing status is a filter
+    ("550 Unknown user kijitora@example.net", "end_of_data", 550, None, "permanent", "policy_blocked", False, False),
+    # --- mailbox_disabled
+    ("550 5.2.1 The email account that you tried to reach is disabled.", "rcpt", 550, "5.2.1", "permanent", "mailbox_disabled", False, True),
+    ("525 5.7.13 <suspend@example.org>: Recipient address rejected: User account disabled", "rcpt", 525, "5.7.13", "permanent", "mailbox_disabled", False, True),
+    ("550 5.1.1 <x@icloud.com>: inactive email address", "rcpt", 550, "5.1.1", "permanent", "mailbox_disabled", False, True),
+    # --- mailbox_name_invalid
+    ("553 5.1.3 The recipient address <foo@@bar> is not a valid RFC-5321 address.", "rcpt", 553, "5.1.3", "permanent", "mailbox_name_invalid", False, True),
+    ("501 5.1.3 Bad recipient address syntax", "rcpt", 501, "5.1.3", "permanent", "mailbox_name_invalid", False, True),
+    # --- domain_not_found
+    ("550 5.1.2 <a@nonexistent.example>: Recipient address rejected: Domain not found", "rcpt", 550, "5.1.2", "permanent", "domain_not_found", False, True),
+    ("556 5.1.10 Recipient address has null MX", "rcpt", 556, "5.1.10", "permanent", "domain_not_found", False, True),
+    ("Host or domain name not found. Name service error for name=example.invalid type=A: Host not found", None, None, None, "permanent", "domain_not_found", False, True),
+    ("554 5.4.4 SMTPSEND.DNS.NonExistentDomain; nonexistent domain", "rcpt", 554, "5.4.4", "permanent", "domain_not_found", False, True),
+    ("521 5.3.2 mail.example.org does not accept mail", "rcpt", 521, "5.3.2", "permanent", "domain_not_found", False, True),
+    # --- mailbox_moved
+    ("551 5.1.6 Recipient address has moved; no forwarding address", "rcpt", 551, "5.1.6", "permanent", "mailbox_moved", False, True),
+    ("551 User not local; please try <a@example.net>", "rcpt", 551, None, "permanent", "mailbox_moved", False, True),
+    # --- relay_denied (ours: hold, not bounce)
+    ("554 5.7.1 <a@example.net>: Relay access denied", "rcpt", 554, "5.7.1", "permanent", "relay_denied", False, False),
+    ("550 5.7.54 SMTP; Unable to relay recipient in non-accepted domain", "rcpt", 550, "5.7.54", "permanent", "relay_denied", False, False),
+    ("454 4.7.1 <a@example.net>: Relay access denied", "rcpt", 454, "4.7.1", "transient", "relay_denied", True, False),
+    # --- policy_blocked: blocklists, reputation, SPF/DKIM/DMARC, PTR
+    ("554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", "rcpt", 554, "5.7.1", "permanent", "policy_blocked", False, False),
+    ("553 http://www.spamhaus.org/query/bl?ip=192.0.2.222", "rcpt", 553, None, "permanent", "policy_blocked", False, False),
+    ("550 5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent. Please contact your Internet service provider since part of their network is on our block list (S3150).", "rcpt", 550, "5.7.1", "permanent", "policy_blocked", False, False),
+    ("550 5.7.606 Access denied, banned sending IP [198.51.100.222]. To request removal from this list please visit https://sender.office.com/", "rcpt", 550, "5.7.606", "permanent", "policy_blocked", False, False),
+    ("550 5.7.26 This mail has been blocked because the sender is unauthenticated. Gmail requires all senders to authenticate with either SPF or DKIM.", "end_of_data", 550, "5.7.26", "permanent", "policy_blocked", False, False),
+    ("550 5.7.25 The IP address sending this message does not have a PTR record setup", "rcpt", 550, "5.7.25", "permanent", "policy_blocked", False, False),
+    ("553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in Spamhaus's list", "greeting", 553, "5.7.1", "permanent", "policy_blocked", False, False),
+    ("550-5.1.0 MXIN506 MailFrom domain is listed in Spamhaus. To request removal from this list see https: 550 5.1.0 //www.spamhaus.org/query/lookup/", "mail", 550, "5.1.0", "permanent", "policy_blocked", False, False),
+    ("550 5.7.1 Delivery not authorized", "rcpt", 550, "5.7.1", "permanent", "policy_blocked", False, False),
+    ("450 4.7.1 Client host rejected: cannot find your reverse hostname, [192.0.2.1]", "rcpt", 450, "4.7.1", "transient", "policy_blocked", True, False),
+    # --- content_rejected
+    (
+        "550-5.7.1 [192.0.2.1] Our system has detected that this message is likely\n"
+        "550-5.7.1 unsolicited mail. To reduce the amount of spam sent to Gmail, this\n"
+        "550 5.7.1 message has been blocked.",
+        "end_of_data", 550, "5.7.1", "permanent", "content_rejected", False, False,
+    ),
+    ("554 5.7.0 Reject, id=12345 - spam", "end_of_data", 554, "5.7.0", "permanent", "content_rejected", False, False),
+    ("550 5.7.1 Message rejected: virus found (Eicar-Test-Signature)", "end_of_data", 550, "5.7.1", "permanent", "content_rejected", False, False),
+    ("554 5.6.1 Unsupported media type", "end_of_data", 554, "5.6.1", "permanent", "content_rejected", False, False),
+    ("550 5.2.0 Mail rejete. Mail rejected. OFR_506 [506]", "end_of_data", 550, "5.2.0", "permanent", "content_rejected", False, False),
+    ("550-5.7.1 This message is not RFC 5322 compliant. To reduce the amount of spam", "end_of_data", 550, "5.7.1", "permanent", "content_rejected", False, False),
+    # --- message_too_large
+    ("552 5.3.4 Message size exceeds fixed limit", "end_of_data", 552, "5.3.4", "permanent", "message_too_large", False, False),
+    ("552 5.2.3 Message exceeds maximum size", "end_of_data", 552, "5.2.3", "permanent", "message_too_large", False, False),
+    ("552 Message size exceeds maximum permitted", "mail", 552, None, "permanent", "message_too_large", False, False),
+    # --- too_many_recipients (RFC 5321 §4.5.3.1.10: a 552 here is transient)
+    ("452 4.5.3 Too many recipients", "rcpt", 452, "4.5.3", "transient", "too_many_recipients", True, False),
+    ("552 5.5.3 Too many recipients", "rcpt", 552, "5.5.3", "transient", "too_many_recipients", True, False),
+    ("452 Too many recipients received this session", "rcpt", 452, None, "transient", "too_many_recipients", True, False),
+    ("452 Error: too many", "rcpt", 452, None, "transient", "too_many_recipients", True, False),
+    # --- sender_rejected
+    ("553 5.1.8 <bounce@nxdomain.example>: Sender address rejected: Domain not found", "mail", 553, "5.1.8", "permanent", "sender_rejected", False, False),
+    ("501 5.1.7 Bad sender address syntax", "mail", 501, "5.1.7", "permanent", "sender_rejected", False, False),
+    ("550 5.7.27 Sender address has null MX", "mail", 550, "5.7.27", "permanent", "sender_rejected", False, False),
+    ("553 sorry, your envelope sender domain must exist (#5.7.1)", "mail", 553, "5.7.1", "permanent", "sender_rejected", False, False),
+    # --- auth_required / auth_failed
+    ("530 5.7.0 Authentication required", "mail", 530, "5.7.0", "permanent", "auth_required", False, False),
+    ("530 5.7.1 Client was not authenticated", "mail", 530, "5.7.1", "permanent", "auth_required", False, False),
+    ("535 5.7.8 Error: authentication failed: authentication failure", "auth", 535, "5.7.8", "permanent", "auth_failed", False, False),
+    (
+        "535-5.7.8 Username and Password not accepted. For more information, go to\n"
+        "535 5.7.8  https://support.google.com/mail/?p=BadCredentials",
+        "auth", 535, "5.7.8", "permanent", "auth_failed", False, False,
+    ),
+    ("454 4.7.0 Temporary authentication failure", "auth", 454, "4.7.0", "transient", "auth_failed", True, False),
+    ("534 5.7.9 Authentication mechanism is too weak", "auth", 534, "5.7.9", "permanent", "auth_failed", False, False),
+    # --- tls_required / tls_failed
+    ("530 5.7.0 Must issue a STARTTLS command first", "mail", 530, "5.7.0", "permanent", "tls_required", False, False),
+    ("523 5.7.10 Encryption Needed", "mail", 523, "5.7.10", "permanent", "tls_required", False, False),
+    ("421 4.7.0 TLS required for this connection", "ehlo", 421, "4.7.0", "transient", "tls_required", True, False),
+    ("454 4.7.0 TLS not available due to local problem", "starttls", 454, "4.7.0", "transient", "tls_failed", True, False),
+    # --- system_error
+    ("451 4.3.0 Error: queue file write error", "end_of_data", 451, "4.3.0", "transient", "system_error", True, False),
+    ("452 4.3.1 Insufficient system storage", "mail", 452, "4.3.1", "transient", "system_error", True, False),
+    ("451 4.3.5 Server configuration problem", "rcpt", 451, "4.3.5", "transient", "system_error", True, False),
+    ("554 5.3.0 Local mail system error", "end_of_data", 554, "5.3.0", "permanent", "system_error", False, False),
+    ("554 5.4.6 mail for example.org loops back to myself", "rcpt", 554, "5.4.6", "permanent", "system_error", False, False),
+    # --- protocol_error
+    ("500 5.5.2 Error: command not recognized", "ehlo", 500, "5.5.2", "permanent", "protocol_error", False, False),
+    ("503 5.5.1 Error: need RCPT command", "data", 503, "5.5.1", "permanent", "protocol_error", False, False),
+    ("501 Syntax error in parameters or arguments", "mail", 501, None, "permanent", "protocol_error", False, False),
+    ("555 5.5.4 Unsupported option: SMTPUTF8", "mail", 555, "5.5.4", "permanent", "protocol_error", False, False),
+    # --- network_error / timeout (as quoted in bounces)
+    ("451 4.4.1 No answer from host", "connect", 451, "4.4.1", "transient", "network_error", True, False),
+    ("421 4.4.2 mx.example.org Error: timeout exceeded", "end_of_data", 421, "4.4.2", "transient", "timeout", True, False),
+    ("451 4.4.0 DNS resolving error", "rcpt", 451, "4.4.0", "transient", "network_error", True, False),
+    # --- class conflicts: the reply class governs kind, the status gives the reason
+    ("554 4.4.7 Message expired: unable to deliver in 840 minutes.<421 4.4.2 Connection timed out>", None, 554, "4.4.7", "permanent", "timeout", False, False),
+    ("550 4.4.7 QUEUE.Expired; message expired", None, 550, "4.4.7", "permanent", "timeout", False, False),
+    ("421 4.1.1 <email@example.com>: Recipient address rejected: unverified address", "rcpt", 421, "4.1.1", "transient", "mailbox_unknown", True, False),
+    ("401 4.1.3 odd code", "rcpt", 401, "4.1.3", "transient", "mailbox_name_invalid", True, False),
+    # --- no enhanced code, unregistered codes, little text
+    ("541 5.4.1 Mail rejected by destination domain", "rcpt", 541, "5.4.1", "permanent", "network_error", False, False),
+    ("550 Requested action not taken: mailbox unavailable", "rcpt", 550, None, "permanent", "unknown", False, False),
+    ("554 Transaction failed", "end_of_data", 554, None, "permanent", "unknown", False, False),
+    ("450 Requested mail action not taken: mailbox unavailable", "rcpt", 450, None, "transient", "system_error", True, False),
+    # --- bounce diagnostics (the stage comes from the text)
+    ("host mx.example.org[192.0.2.4] said: 550 5.1.1 <a@example.org>: Recipient address rejected: User unknown (in reply to RCPT TO command)", None, 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
+    ("host mx.example.org[192.0.2.4] said: 550 5.7.1 Sender blocked (in reply to MAIL FROM command)", None, 550, "5.7.1", "permanent", "policy_blocked", False, False),
+    ("SMTP error from remote mail server after RCPT TO:<a@example.jp>: host mx.example.jp [192.0.2.153]: 550 5.2.1 <a@example.jp>... User Unknown", None, 550, "5.2.1", "permanent", "mailbox_unknown", False, True),
+    # --- non-ASCII and garbage
+    ("550 5.1.1 Адресат не найден: пользователь не существует".encode(), "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
+    (b"550 5.1.1 \xff\xfe\xfd user unknown", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
+    ("", None, None, None, "transient", "unknown", True, False),
+    ("\x00\x00\r\r\n", "rcpt", None, None, "transient", "unknown", True, False),
+    ("lorem ipsum dolor sit amet", None, None, None, "transient", "unknown", True, False),
+    ("This is a permanent error; nothing more is known", None, None, None, "permanent", "unknown", False, False),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("reply", "stage", "code", "status", "kind", "reason", "retry", "suppress"),
+    ROWS,
+    ids=[(r[0] if isinstance(r[0], str) else r[0].decode("utf-8", "replace"))[:60] for r in ROWS],
+)
+def test_real_reply(
+    reply: str | bytes,
+    stage: Stage | None,
+    code: int | None,
+    status: str | None,
+    kind: str,
+    reason: str,
+    retry: bool,
+    suppress: bool,
+) -> None:
+    """The classifier reads each real reply as the taxonomy says it should."""
+    v = classify(reply, stage=stage)
+    assert (v.code, v.status, v.kind, v.reason, v.retry, v.suppress) == (
+        code,
+        status,
+        kind,
+        reason,
+        retry,
+        suppress,
+    ), v.rule
+
+
+def test_every_reason_has_a_row() -> None:
+    """The table covers every reason of the taxonomy but tls_failed (which has no reply
+    of its own: see test_classify_error) — and tls_failed at STARTTLS too."""
+    covered = {row[5] for row in ROWS}
+    assert set(REASONS) - covered == set()
+
+
+def test_transient_and_permanent_rows_for_reasons_that_have_both() -> None:
+    """Where a reason exists in both classes, both are specified."""
+    kinds: dict[str, set[str]] = {}
+    for row in ROWS:
+        kinds.setdefault(row[5], set()).add(row[4])
+    for reason in (
+        "mailbox_unknown",
+        "mailbox_full",
+        "relay_denied",
+        "auth_failed",
+        "policy_blocked",
+        "system_error",
+        "tls_required",
+    ):
+        assert {"transient", "permanent"} <= kinds[reason], reason
+
+
+def test_server_announced_delay_is_read() -> None:
+    """ "try again in N seconds/minutes" becomes retry_after in seconds."""
+    assert (
+        classify("451 Greylisted, please try again in 900 seconds", stage="rcpt").retry_after == 900
+    )
+    assert classify("450 4.7.1 Greylisted, retry in 5 minutes", stage="rcpt").retry_after == 300
+    assert classify("421 4.7.0 Try again later", stage="rcpt").retry_after is None
+    # a permanent reply announces nothing worth waiting for
+    assert (
+        classify("550 5.1.1 User unknown, try again in 5 minutes", stage="rcpt").retry_after is None
+    )
+
+
+def test_host_keys_provider_rules() -> None:
+    """Provider rules keyed on the MX host: a Japanese carrier's "user unknown" after
+    DATA is its filter, not a dead address; the same words elsewhere are."""
+    text = "550 : User unknown"
+    assert classify(text, host="lsean.ezweb.ne.jp").reason == "policy_blocked"
+    assert classify(text, host="mx.example.org").reason == "mailbox_unknown"
+    assert classify(text, host="lsean.ezweb.ne.jp", stage="rcpt").suppress is True
+
+
+def test_scope() -> None:
+    """What a failure is about: the recipient, the message, or the relay."""
+    assert classify("550 5.1.1 User unknown", stage="rcpt").scope == "recipient"
+    assert classify("421 4.3.2 shutting down", stage="rcpt").scope == "relay"
+    assert (
+        classify("552 5.3.4 Message size exceeds fixed limit", stage="end_of_data").scope
+        == "message"
+    )
+    assert classify("554 5.7.1 blocked using zen.spamhaus.org", stage="rcpt").scope == "relay"
+    assert classify("500 5.5.2 unrecognized command", stage="ehlo").scope == "relay"
+
+
+def test_multiline_uses_the_first_line_code_and_all_text() -> None:
+    """Continuation lines are one reply; phrases split across lines still match."""
+    v = classify(
+        "550-5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent.\r\n550 5.7.1 part of their network is on our block list (S3150)",
+        stage="rcpt",
+    )
+    assert (v.code, v.status, v.reason, v.rule) == (
+        550,
+        "5.7.1",
+        "policy_blocked",
+        "microsoft.ip-block",
+    )
