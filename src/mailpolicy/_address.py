@@ -1,0 +1,159 @@
+"""Pre-validation of envelope addresses, before any SMTP command names them.
+
+Three modes (the policy's ``[address] mode``; DESIGN.md §4):
+
+``"strict"``
+    email-validator's own verdict, with every option passed explicitly (never through
+    its module globals, which are process-wide: research/validation-security.md §A3):
+    syntax only unless ``check_deliverability``; no quoted local parts, no domain
+    literals, no display names.
+``"syntax"`` (the default)
+    ``strict`` plus two documented allowances that real applications need: local or
+    dotless domains (Django's defaults send from ``webmaster@localhost``), and domains
+    already written as IDNA 2008 A-labels that email-validator refuses for its own
+    stricter Unicode rules (e.g. ZWJ/ZWNJ that IDNA 2008's CONTEXTJ allows).
+``"off"``
+    only the checks no mode may skip.
+
+Checks no mode skips: the address is a str of at most :data:`MAX_ADDRESS` characters,
+has an ``@`` with something on both sides (RFC 5321 requires a domain), and contains no
+CR, LF, NUL or other control characters (SMTP command injection).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import email_validator
+import idna
+
+AddressMode = Literal["strict", "syntax", "off"]
+ADDRESS_MODES: Final[tuple[AddressMode, ...]] = ("strict", "syntax", "off")
+
+#: Longest input handed to the validator (RFC 5321 caps a path at 256 octets; longer
+#: inputs only cost time: research/validation-security.md §A2).
+MAX_ADDRESS: Final = 320
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedAddress:
+    """The verdict on one address.
+
+    ``wire`` is the form to put in MAIL FROM / RCPT TO (A-label domain; the local part
+    NFC-normalised), None when refused. ``smtputf8`` says the wire form needs a server
+    that offers SMTPUTF8 (a non-ASCII local part). ``error`` says why it was refused.
+    ``allowance`` names the syntax-mode allowance that let it pass, if any.
+    """
+
+    original: str
+    wire: str | None
+    smtputf8: bool = False
+    error: str | None = None
+    allowance: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.wire is not None
+
+
+def _refuse(address: str, why: str) -> CheckedAddress:
+    return CheckedAddress(original=address, wire=None, error=why)
+
+
+def _validate(address: str, *, deliverability: bool) -> email_validator.ValidatedEmail:
+    return email_validator.validate_email(
+        address,
+        check_deliverability=deliverability,
+        allow_smtputf8=True,
+        allow_quoted_local=False,
+        allow_domain_literal=False,
+        allow_display_name=False,
+        allow_empty_local=False,
+        globally_deliverable=True,
+        test_environment=False,
+        strict=False,
+    )
+
+
+def _is_ldh_hostname(domain: str) -> bool:
+    if not domain or len(domain) > 253 or not domain.isascii():
+        return False
+    return all(_LDH_LABEL.fullmatch(label) for label in domain.lower().split("."))
+
+
+def _allowance(local: str, domain: str) -> tuple[str, str] | None:
+    """The syntax-mode allowance for ``local@domain``, if one applies: ``(name, wire)``."""
+    lowered = domain.lower()
+    if not _is_ldh_hostname(domain):
+        return None
+    if "." in domain and lowered != "localhost" and not lowered.endswith(".localhost"):
+        if not any(label.startswith("xn--") for label in lowered.split(".")):
+            return None
+        try:
+            # IDNA 2008 (the idna package, as email-validator itself uses), CONTEXTJ
+            # included; the A-label must round-trip unchanged.
+            if idna.encode(idna.decode(lowered)).decode("ascii") != lowered:
+                return None
+        except idna.IDNAError:
+            return None
+        name = "a-label-domain"
+    else:
+        name = "local-domain"
+    # The local part must pass on its own: check it against a neutral domain.
+    try:
+        checked = _validate(f"{local}@example.com", deliverability=False)
+    except email_validator.EmailNotValidError:
+        return None
+    local_wire = checked.ascii_local_part or checked.local_part
+    return name, f"{local_wire}@{lowered}"
+
+
+def check_address(
+    address: object,
+    *,
+    mode: AddressMode = "syntax",
+    check_deliverability: bool = False,
+    allow_domains: frozenset[str] = frozenset(),
+) -> CheckedAddress:
+    """Pre-validate one envelope address (see the module docstring for the modes).
+
+    ``allow_domains`` lists domains accepted in any mode without the validator's
+    verdict (an internal relay's domain, say); the hygiene checks still apply.
+    """
+    if not isinstance(address, str):
+        return _refuse(repr(address), f"an address must be a str, not {type(address).__name__}")
+    if len(address) > MAX_ADDRESS:
+        return _refuse(address, f"the address is longer than {MAX_ADDRESS} characters")
+    if _CONTROL.search(address):
+        return _refuse(address, "the address contains a control character (CR, LF, NUL...)")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return _refuse(address, "an address needs a local part, an @-sign and a domain")
+    if mode == "off" or domain.lower() in allow_domains:
+        smtputf8 = not local.isascii()
+        if not domain.isascii():
+            try:
+                domain = idna.encode(domain, uts46=True).decode("ascii")
+            except idna.IDNAError as exc:
+                return _refuse(address, f"the domain is not a valid IDNA 2008 name: {exc}")
+        return CheckedAddress(original=address, wire=f"{local}@{domain}", smtputf8=smtputf8)
+    try:
+        v = _validate(address, deliverability=check_deliverability)
+    except email_validator.EmailNotValidError as exc:
+        if mode == "syntax" and isinstance(exc, email_validator.EmailSyntaxError):
+            allowed = _allowance(local, domain)
+            if allowed is not None:
+                name, wire = allowed
+                return CheckedAddress(
+                    original=address, wire=wire, smtputf8=not wire.isascii(), allowance=name
+                )
+        return _refuse(address, str(exc))
+    if v.ascii_email is not None:
+        return CheckedAddress(original=address, wire=v.ascii_email)
+    # A non-ASCII local part: only a server offering SMTPUTF8 (RFC 6531) can take it.
+    return CheckedAddress(original=address, wire=f"{v.local_part}@{v.ascii_domain}", smtputf8=True)

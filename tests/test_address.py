@@ -1,0 +1,131 @@
+"""Address pre-validation: email-validator's verdicts exactly in strict mode, and only the
+documented allowances on top in the default syntax mode."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailpolicy._address import MAX_ADDRESS, check_address
+
+CASES: list[dict[str, Any]] = [
+    json.loads(line)
+    for line in (Path(__file__).parent / "data" / "address-cases.jsonl")
+    .read_text(encoding="utf-8")
+    .splitlines()
+]
+
+
+def test_corpus_is_the_expected_one() -> None:
+    assert len(CASES) == 702
+    assert sum(c["valid_syntax"] for c in CASES) == 125
+
+
+@pytest.mark.parametrize("case", CASES, ids=[repr(c["address"])[:50] for c in CASES])
+def test_strict_mode_is_email_validators_verdict(case: dict[str, Any]) -> None:
+    """Strict mode accepts exactly what email-validator 2.4 accepts (with the corpus's
+    options), puts its ``ascii_email`` on the wire, and needs SMTPUTF8 exactly when that
+    form does not exist (the corpus README: decide from ``ascii_email is None``)."""
+    got = check_address(case["address"], mode="strict")
+    assert got.ok is case["valid_syntax"], got.error
+    if got.ok:
+        if case["ascii_email"] is not None:
+            assert got.wire == case["ascii_email"]
+            assert got.smtputf8 is False
+        else:
+            assert got.smtputf8 is True
+            assert got.wire is not None
+            assert got.wire.split("@")[0] == case["normalized"].rsplit("@", 1)[0]
+        assert got.error is None
+    else:
+        assert got.error
+
+
+def test_syntax_mode_differs_from_strict_only_by_the_allowances() -> None:
+    """Every difference between the default mode and strict mode is an address that the
+    default mode accepts under a named allowance; nothing strict accepts is refused."""
+    differences = []
+    for case in CASES:
+        strict = check_address(case["address"], mode="strict")
+        syntax = check_address(case["address"], mode="syntax")
+        if strict.ok:
+            assert syntax == strict
+        elif syntax.ok:
+            assert syntax.allowance in {"local-domain", "a-label-domain"}
+            differences.append((case["address"], syntax.allowance))
+    # The corpus holds dotless and localhost domains; they are the allowance at work.
+    assert ("user@localhost", "local-domain") in differences
+    assert ("test@io", "local-domain") in differences
+    assert all(
+        not a.endswith((".test", ".invalid", ".local", ".onion", ".arpa")) for a, _ in differences
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["webmaster@localhost", "root@localhost", "app@mail.localhost", "ops@intranet"],
+)
+def test_local_domains_pass_by_default(address: str) -> None:
+    """Django's defaults send from webmaster@localhost and root@localhost."""
+    got = check_address(address)
+    assert got.ok
+    assert got.allowance == "local-domain"
+    assert check_address(address, mode="strict").ok is False
+
+
+def test_a_label_domain_valid_in_idna2008_passes_by_default() -> None:
+    """An already-encoded A-label with a ZWJ after a virama (valid IDNA 2008, CONTEXTJ)
+    is refused by email-validator's unsafe-character rule but sent in syntax mode."""
+    import idna
+
+    domain = idna.encode("\u0915\u094d\u200d\u0937.example").decode()  # क्‍ष: ZWJ after virama
+    address = f"user@{domain}"
+    assert check_address(address, mode="strict").ok is False
+    got = check_address(address)
+    assert (got.ok, got.allowance, got.wire) == (True, "a-label-domain", address)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "no-at-sign",
+        "@example.org",
+        "user@",
+        "two@@example.org",
+        "a\r\nRCPT TO:<evil@example.org>@example.org",
+        "a@example.org\r\nDATA",
+        "nul\x00@example.org",
+        "x" * (MAX_ADDRESS + 1) + "@example.org",
+        "user@example.test",
+        "user@xn--.com",
+    ],
+)
+def test_refused_in_every_mode_that_checks(address: str) -> None:
+    """Injection attempts, missing parts and overlong inputs never reach the wire."""
+    got = check_address(address)
+    assert not got.ok
+    assert got.error
+
+
+@pytest.mark.parametrize("address", ["no-at-sign", "a\r\n@example.org", "x@", "nul\x00@x.org"])
+def test_off_mode_still_refuses_what_no_mode_may_send(address: str) -> None:
+    assert not check_address(address, mode="off").ok
+
+
+def test_smtputf8_decision() -> None:
+    import idna
+
+    got = check_address("用户@例子.广告")
+    assert got.ok
+    assert got.smtputf8
+    assert got.wire == "用户@" + idna.encode("例子.广告").decode()
+    idn = check_address("user@bücher.example")
+    assert (idn.wire, idn.smtputf8) == ("user@xn--bcher-kva.example", False)
+
+
+def test_allow_domains_and_non_str() -> None:
+    assert check_address("x@corp", mode="strict", allow_domains=frozenset({"corp"})).ok
+    assert not check_address(42).ok
