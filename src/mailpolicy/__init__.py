@@ -6,7 +6,7 @@ suppress the address). See DESIGN.md and the README.
 """
 
 from ._classify import Verdict, classify, classify_error
-from ._errors import InvalidInputError, MailPolicyError, PolicyError
+from ._errors import InvalidInputError, MailPolicyError, MessageError, PolicyError
 from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "InvalidInputError",
     "Kind",
     "MailPolicyError",
+    "MessageError",
     "PolicyError",
     "Reason",
     "Scope",

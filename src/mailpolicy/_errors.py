@@ -4,6 +4,8 @@
 
     MailPolicyError                      every error this library raises on purpose
     ├── InvalidInputError (TypeError)    a value of the wrong type handed to a public function
+    ├── MessageError (ValueError)        a message that cannot be sent as given (no
+    │                                    recipients, header injection, unserialisable)
     └── PolicyError (ValueError)         a policy or rule file is unreadable or invalid
 
 Each names what was wrong and where (file, dotted key path).
@@ -18,6 +20,11 @@ class MailPolicyError(Exception):
 
 class InvalidInputError(MailPolicyError, TypeError):
     """A public function was handed a value of a type it does not take."""
+
+
+class MessageError(MailPolicyError, ValueError):
+    """A message cannot be sent as given: no sender or recipients, CR/LF/NUL in a header
+    value, or it cannot be serialised. A programming error, not a delivery outcome."""
 
 
 class PolicyError(MailPolicyError, ValueError):

@@ -1,0 +1,207 @@
+"""Turn an ``email.message.Message`` into the exact bytes and envelope to send, once.
+
+Serialised once and reused on every retry (research/perf-baselines.md: serialisation
+dominates smtplib's client cost): CRLF line endings only (no bare CR or LF anywhere:
+SMTP smuggling), dot-stuffed, Bcc removed from the data, a stable Message-ID (added
+when missing and kept across retries), and no CR/LF/NUL inside any header value
+(header injection).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.message import Message
+from email.policy import EmailPolicy, Policy
+from typing import Final
+
+from ._errors import MessageError
+
+_EOL: Final = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT: Final = re.compile(rb"(?m)^\.")
+_FOLD: Final = re.compile(r"\r?\n[ \t]")
+_BAD_IN_HEADER: Final = re.compile(r"[\r\n\x00]")
+_MSGID_DOMAIN: Final = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
+_BCC_LINE: Final = re.compile(rb"(?im)^bcc:.*\r\n(?:[ \t].*\r\n)*")
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedMessage:
+    """A message ready for the wire.
+
+    ``envelope_from`` and ``recipients`` are as the user gave them (recipients in order,
+    exact duplicates removed); ``data`` is the CRLF-normalised message without Bcc,
+    ending in CRLF; ``wire_data`` the same dot-stuffed with the final ``.`` line, as
+    sent after DATA. ``eight_bit`` asks for ``BODY=8BITMIME``, ``smtputf8`` says the
+    headers carry UTF-8 that needs ``SMTPUTF8``.
+    """
+
+    message_id: str
+    envelope_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+    wire_data: bytes
+    eight_bit: bool
+    smtputf8: bool
+
+
+def split_addresses(text: str) -> list[str]:
+    """The addr-specs of an address-list header, as the user wrote them.
+
+    Python's parser rewrites some invalid forms (``two@@example.org`` becomes ``<>``);
+    the outcome must name the address the user gave, so this tokenises the raw text:
+    commas split at the top level (not inside quotes, angle brackets or comments), the
+    part inside ``<...>`` is the address, comments are dropped, group names
+    (``team: a@x, b@y;``) are skipped.
+    """
+    out: list[str] = []
+    token: list[str] = []
+    quoted = escaped = False
+    angle = comment = 0
+
+    def flush() -> None:
+        raw = "".join(token).strip()
+        token.clear()
+        if "<" in raw and ">" in raw:
+            raw = raw[raw.rindex("<") + 1 : raw.rindex(">")]
+        elif ":" in raw and not raw.startswith('"'):
+            raw = raw.split(":", 1)[1]
+        raw = raw.strip().rstrip(";").strip()
+        if raw:
+            out.append(raw)
+
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif quoted:
+            quoted = ch != '"'
+        elif ch == '"':
+            quoted = True
+        elif ch == "(":
+            comment += 1
+            continue
+        elif ch == ")" and comment:
+            comment -= 1
+            continue
+        elif comment:
+            continue
+        elif ch == "<":
+            angle += 1
+        elif ch == ">" and angle:
+            angle -= 1
+        elif ch in ",;" and not angle:
+            if ch == ";":
+                token.append(ch)
+            flush()
+            continue
+        token.append(ch)
+    flush()
+    return out
+
+
+def raw_header_values(message: Message, name: str) -> list[str]:
+    """Every value of header ``name`` as written, unfolded. For ``EmailMessage`` headers
+    set from Python the header object keeps its original text in its parse tree."""
+    values = []
+    for key, value in message.raw_items():
+        if key.lower() != name:
+            continue
+        tree = getattr(value, "_parse_tree", None)  # email.headerregistry.BaseHeader
+        text = str(tree) if tree is not None else str(value)
+        values.append(_FOLD.sub(" ", text))
+    return values
+
+
+def _check_headers(message: Message) -> None:
+    for part in message.walk():
+        for key, value in part.raw_items():
+            text = _FOLD.sub(" ", str(value))
+            if _BAD_IN_HEADER.search(key) or _BAD_IN_HEADER.search(text):
+                raise MessageError(
+                    f"header {key[:40]!r} contains CR, LF or NUL (header injection refused)"
+                )
+
+
+def _serialise(message: Message) -> tuple[bytes, bool]:
+    policy: Policy = message.policy
+    try:
+        return message.as_bytes(policy=policy.clone(linesep="\r\n")), False
+    except (UnicodeEncodeError, UnicodeError):
+        pass
+    if not isinstance(policy, EmailPolicy):
+        raise MessageError("the message has non-ASCII headers that compat32 cannot serialise")
+    try:
+        # Non-ASCII that RFC 2047 cannot carry (an internationalised address in a
+        # header): only a server offering SMTPUTF8 (RFC 6532) can take it.
+        return message.as_bytes(policy=policy.clone(linesep="\r\n", utf8=True)), True
+    except Exception as exc:  # the email package raises many types here
+        raise MessageError(f"the message cannot be serialised: {exc}") from exc
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def prepare_message(
+    message: Message,
+    *,
+    envelope_from: str | None = None,
+    recipients: Sequence[str] | None = None,
+) -> PreparedMessage:
+    """Serialise ``message`` once and work out its envelope (DESIGN.md §4).
+
+    Without an explicit envelope the sender comes from Sender, else From, and the
+    recipients from To, Cc and Bcc, as written in the headers.
+    """
+    if not isinstance(message, Message):
+        raise MessageError(f"expected an email.message.EmailMessage, not {type(message).__name__}")
+    _check_headers(message)
+    if envelope_from is None:
+        found = [a for h in ("sender", "from") for v in raw_header_values(message, h)
+                 for a in split_addresses(v)]  # fmt: skip
+        if not found:
+            raise MessageError("the message has no From or Sender address, and no envelope_from")
+        envelope_from = found[0]
+    elif not isinstance(envelope_from, str):
+        raise MessageError("envelope_from must be a str")
+    if recipients is None:
+        recipients = [a for h in ("to", "cc", "bcc") for v in raw_header_values(message, h)
+                      for a in split_addresses(v)]  # fmt: skip
+    elif isinstance(recipients, str) or not all(isinstance(r, str) for r in recipients):
+        raise MessageError("recipients must be a list of str")
+    unique = _unique(recipients)
+    if not unique:
+        raise MessageError("the message has no recipients (To, Cc, Bcc or recipients=)")
+
+    data, smtputf8 = _serialise(message)
+    data = _EOL.sub(b"\r\n", data)
+    head_end = data.find(b"\r\n\r\n")
+    head, body = (data, b"") if head_end < 0 else (data[: head_end + 2], data[head_end + 2 :])
+    head = _BCC_LINE.sub(b"", head)
+    existing = message.get("Message-ID")
+    if existing:
+        message_id = _FOLD.sub(" ", str(existing)).strip()
+    else:
+        # The sender's domain if it is a plain ASCII host name; never getfqdn() (slow).
+        domain = envelope_from.rpartition("@")[2].strip(">").lower()
+        if not _MSGID_DOMAIN.fullmatch(domain):
+            domain = "mailpolicy.invalid"
+        message_id = email.utils.make_msgid(domain=domain)
+        head = b"Message-ID: " + message_id.encode("ascii") + b"\r\n" + head
+    data = head + body
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    wire_data = _LEADING_DOT.sub(b"..", data) + b".\r\n"
+    return PreparedMessage(
+        message_id=message_id,
+        envelope_from=envelope_from,
+        recipients=unique,
+        data=data,
+        wire_data=wire_data,
+        eight_bit=any(b > 0x7F for b in data),
+        smtputf8=smtputf8,
+    )

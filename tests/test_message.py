@@ -1,0 +1,162 @@
+"""Message preparation: the bytes and envelope that go on the wire."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from email.message import EmailMessage, Message
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailpolicy import MessageError
+from mailpolicy._message import prepare_message, split_addresses
+
+
+def make(body: str = "hello\n", **headers: str) -> EmailMessage:
+    m = EmailMessage()
+    for name, value in headers.items():
+        m[name.replace("_", "-")] = value
+    m.set_content(body)
+    return m
+
+
+def test_envelope_from_headers_as_written() -> None:
+    """Sender comes from From; recipients from To, Cc, Bcc in order, as the user wrote
+    them (Python's parser turns two@@example.org into <>; we keep what was given)."""
+    m = make(From="App <app@example.com>", To="two@@example.org, Bob <bob@example.org>",
+             Cc='"Doe, J" <j@example.org>', Bcc="hidden@example.org")  # fmt: skip
+    p = prepare_message(m)
+    assert p.envelope_from == "app@example.com"
+    assert p.recipients == (
+        "two@@example.org",
+        "bob@example.org",
+        "j@example.org",
+        "hidden@example.org",
+    )
+
+
+def test_sender_header_wins_and_explicit_envelope_wins() -> None:
+    m = make(From="a@example.com", Sender="list@example.com", To="b@example.org")
+    assert prepare_message(m).envelope_from == "list@example.com"
+    p = prepare_message(m, envelope_from="bounces@example.com", recipients=["x@example.org"])
+    assert (p.envelope_from, p.recipients) == ("bounces@example.com", ("x@example.org",))
+
+
+def test_duplicates_removed_order_kept() -> None:
+    p = prepare_message(make(From="a@x.org", To="b@x.org, c@x.org", Cc="b@x.org"))
+    assert p.recipients == ("b@x.org", "c@x.org")
+
+
+def test_bcc_never_in_the_data() -> None:
+    m = make(From="a@x.org", To="b@x.org", Bcc="secret@x.org, other-secret@x.org")
+    p = prepare_message(m)
+    assert b"secret" not in p.data
+    assert p.recipients == ("b@x.org", "secret@x.org", "other-secret@x.org")
+    assert m["Bcc"] is not None  # the caller's message is not modified
+    raw = b"From: a@x.org\r\nBcc: s1@x.org,\r\n s2@x.org\r\nTo: b@x.org\r\n\r\nbody\r\n"
+    folded = prepare_message(email.message_from_bytes(raw, policy=email.policy.default))
+    assert folded.recipients == ("b@x.org", "s1@x.org", "s2@x.org")
+    assert b"s1@" not in folded.data
+    assert b"s2@" not in folded.data
+    assert b"\r\nTo: b@x.org\r\n" in folded.data
+
+
+def test_crlf_only_and_dot_stuffing() -> None:
+    """No bare CR or LF anywhere (SMTP smuggling: "\\n.\\r\\n" must not end the data
+    early), lines starting with a dot are doubled, and the data ends with CRLF.CRLF."""
+    m = Message()
+    m["From"] = "a@x.org"
+    m["To"] = "b@x.org"
+    m.set_payload("one\n.two\r\n\n.\r\nthree\rfour\n.\n")
+    p = prepare_message(m)
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", p.wire_data) is None
+    assert p.wire_data.endswith(b"\r\n.\r\n")
+    assert p.wire_data.count(b"\r\n.\r\n") == 1
+    assert b"\r\n..two\r\n" in p.wire_data
+    assert b"\r\n..\r\n" in p.wire_data  # the smuggling attempt became an ordinary line
+
+
+@given(st.text(alphabet=st.sampled_from(["a", ".", "\r", "\n", " ", "é"]), max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_no_bare_line_endings_for_any_body(body: str) -> None:
+    m = Message()
+    m["From"] = "a@x.org"
+    m["To"] = "b@x.org"
+    m.set_payload(body, charset="utf-8")
+    p = prepare_message(m)
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", p.wire_data) is None
+    assert p.wire_data.endswith(b"\r\n.\r\n")
+    assert p.wire_data.count(b"\r\n.\r\n") == 1
+
+
+def test_message_id_added_once_and_kept() -> None:
+    m = make(From="a@example.com", To="b@x.org")
+    p1 = prepare_message(m)
+    assert p1.message_id.endswith("@example.com>")
+    assert p1.data.startswith(b"Message-ID: " + p1.message_id.encode())
+    m2 = make(From="a@example.com", To="b@x.org", Message_ID="<fixed@example.com>")
+    assert prepare_message(m2).message_id == "<fixed@example.com>"
+    assert prepare_message(m2).data.count(b"Message-ID:") == 1
+
+
+def test_parsed_message_keeps_folded_headers() -> None:
+    raw = b"From: a@x.org\r\nTo: b@x.org,\r\n c@x.org\r\nSubject: s\r\n\r\nbody\r\n"
+    m = email.message_from_bytes(raw, policy=email.policy.default)
+    assert prepare_message(m).recipients == ("b@x.org", "c@x.org")
+
+
+@pytest.mark.parametrize("value", ["x\r\nBcc: evil@x.org", "x\nBcc: evil@x.org", "x\x00y"])
+def test_header_injection_refused(value: str) -> None:
+    """compat32 messages accept any header text; we refuse CR/LF/NUL in values."""
+    m = Message()
+    m["From"] = "a@x.org"
+    m["To"] = "b@x.org"
+    m["Subject"] = value
+    m.set_payload("x")
+    with pytest.raises(MessageError, match="header injection"):
+        prepare_message(m)
+
+
+def test_programming_errors() -> None:
+    with pytest.raises(MessageError, match="no recipients"):
+        prepare_message(make(From="a@x.org"))
+    with pytest.raises(MessageError, match="no From"):
+        prepare_message(make(To="a@x.org"))
+    with pytest.raises(MessageError, match="EmailMessage"):
+        prepare_message("not a message")  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="list of str"):
+        prepare_message(make(From="a@x.org"), recipients="b@x.org")
+
+
+def test_eight_bit_and_smtputf8_flags() -> None:
+    assert prepare_message(make(From="a@x.org", To="b@x.org")).eight_bit is False
+    m = EmailMessage()
+    m["From"] = "a@x.org"
+    m["To"] = "b@x.org"
+    m.set_content("héllo wörld\n", cte="8bit")
+    assert prepare_message(m).eight_bit is True
+    # A non-ASCII address in a header is RFC 2047-encoded: the data stays 7-bit.
+    m2 = make(From="a@x.org", To="用户@例子.广告")
+    p2 = prepare_message(m2)
+    assert p2.data.isascii()
+    assert (p2.smtputf8, p2.recipients) == (False, ("用户@例子.广告",))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a@x.org", ["a@x.org"]),
+        ("A <a@x.org>, b@y.org", ["a@x.org", "b@y.org"]),
+        ('"Doe, J" <j@x.org>', ["j@x.org"]),
+        ("team: a@x.org, b@y.org;, c@z.org", ["a@x.org", "b@y.org", "c@z.org"]),
+        ("c@z.org (a comment, with a comma)", ["c@z.org"]),
+        ("undisclosed-recipients:;", []),
+        ("", []),
+        ("two@@example.org", ["two@@example.org"]),
+    ],
+)
+def test_split_addresses(text: str, expected: list[str]) -> None:
+    assert split_addresses(text) == expected
