@@ -158,9 +158,10 @@ def classify(
     Never raises on the content of ``reply``; raises :class:`InvalidInputError` for
     arguments of the wrong type.
     """
-    return classify_parsed(
-        parse_reply(reply), stage=_check_stage(stage), host=_check_host(host), rules=rules
-    )
+    stage = _check_stage(stage)
+    host_name = _check_host(host)
+    parsed = parse_reply(reply, want_stage=stage is None)
+    return classify_parsed(parsed, stage=stage, host=host_name, rules=rules)
 
 
 def classify_parsed(
@@ -169,7 +170,8 @@ def classify_parsed(
     """Classify an already parsed reply; ``stage``/``host`` override the text's hints."""
     ruleset = RULES if rules is None else rules
     stage = stage if stage is not None else parsed.stage
-    host = host or parsed.host or ""
+    if not host and ruleset.needs_host:
+        host = parsed.host_hint() or ""
     code = parsed.code
     status = parsed.status
     code_s = "" if code is None else str(code)
@@ -188,14 +190,16 @@ def classify_parsed(
 
     rule: Rule | None = None
     words = words_of(parsed.lowered)
-    candidates = ruleset.candidates(words)
+    candidates = ruleset.candidates(frozenset(words))
     if candidates:
         joined = " " + " ".join(words) + " "
-        for i in candidates:
+        for i in sorted(candidates):
             r = ruleset.text_rules[i]
             if firm_status and r.weak:
                 continue
-            if r.applies(code_s, status_s, stage, host) and r.says(joined):
+            if r.applies(code_s, status_s, stage, host) and any(
+                p.found_in(joined) for p in candidates[i]
+            ):
                 rule = r
                 break
     if rule is None:
@@ -257,7 +261,7 @@ def classify_parsed(
         retry=retry,
         suppress=suppress,
         scope=scope,
-        retry_after=parsed.retry_after if kind == "transient" or retry else None,
+        retry_after=parsed.retry_after() if kind == "transient" or retry else None,
         rule=rule_id,
         stage=stage,
     )
@@ -289,7 +293,8 @@ def classify_error(exc: BaseException, *, stage: Stage | None = None) -> Verdict
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         # Every recipient was refused; each has its own reply. Report the first.
         for code, text in exc.recipients.values():
-            return classify(f"{code} ".encode() + text, stage=stage or "rcpt")
+            raw = text if isinstance(text, bytes) else str(text).encode("utf-8", "replace")
+            return classify(f"{code} ".encode() + raw, stage=stage or "rcpt")
     if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code > 0:
         if isinstance(exc, smtplib.SMTPSenderRefused):
             stage = stage or "mail"

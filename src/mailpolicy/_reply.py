@@ -19,34 +19,42 @@ from ._vocab import Stage
 MAX_SCAN: Final = 8192
 
 # A reply line as a server sends it: "550-5.7.1 text" or "550 text" or just "421".
-_LINE_CODE = re.compile(r"[ \t]*([2-5][0-9][0-9])(?:[ \t-]|$)")
+_LINE_CODE = re.compile(r"[ \t]*([2-5][0-9][0-9])(?:[ \t-]|(?=[\r\n])|$)")
 # RFC 3463 enhanced status at the start of the text: class.subject.detail (1-3 digits
 # each). qmail writes it as "#5.1.1".
 _LEADING_STATUS = re.compile(r"[ \t]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
-# An enhanced status anywhere (not inside an IP address or a version number).
-_ANY_STATUS = re.compile(r"(?<![\w.])#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![\w.]|\.[0-9])")
-# A reply code quoted inside prose, optionally followed by its enhanced status.
-_QUOTED_CODE = re.compile(
-    r"(?<![\w./=#@-])([2-5][0-9][0-9])(?:[ -]|:? |[,;]|$)"
-    r"(?:[ -]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.]))?"
-)
-# Where relays put the remote reply in their diagnostics ("host x[1.2.3.4] said: 550 ...").
-_SAID = re.compile(
-    r"(?:said|replied|returned|responded|response was|reason|error|technical report"
-    r"|diagnostic-code|error_code|smtp)\s*[:;]\s*['\"]?(?:smtp\s*;\s*)?",
-    re.IGNORECASE,
-)
-# Postfix "(in reply to RCPT TO command)", Exim "after RCPT TO:<x>", transcripts.
-_STAGE_HINT = re.compile(
-    r"in reply to (rcpt to|mail from|end of data|data|ehlo|helo|starttls|auth|quit)\b"
-    r"|after (?:pipelined )?"
-    r"(rcpt to|mail from|end of data|data|initial connection|ehlo|helo|starttls)\b"
-    r"|>>> (rcpt to|mail from|data)\b"
-    r"|did not like our (rcpt to|mail from)"
-    r"|(does not like recipient|all rcpt commands were rejected|no valid recipients)"
-    r"|smtp:(rcpt|mail) host",
-    re.IGNORECASE,
-)
+# An enhanced status or a reply code anywhere: the patterns start with a character class
+# so the regex engine can skip ahead quickly; the boundaries (not inside an IP address,
+# a version number, a host name, a URL) are checked in Python (_status_at, _code_at).
+_STATUS_CORE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
+_CODE_CORE = re.compile(r"[2-5][0-9][0-9]")
+# After a quoted code: its enhanced status, if any.
+_STATUS_AFTER_CODE = re.compile(r"[ -]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
+_NOT_BEFORE_CODE: Final = frozenset("./=#@-_")
+# Where relays put the remote reply in their diagnostics ("host x[1.2.3.4] said: 550 ...",
+# "Diagnostic-Code: smtp; 550 ..."): literal anchors found with str.find (fast), then
+# the separator and an optional "smtp;" skipped.
+_SAID_ANCHORS: Final = (
+    "said", "replied", "returned", "responded", "response was", "reason", "error",
+    "technical report", "diagnostic-code", "error_code", "smtp",
+)  # fmt: skip
+_AFTER_ANCHOR = re.compile(r"[ \t]*[:;][ \t]*['\"]?(?:smtp[ \t]*;[ \t]*)?")
+# Where the text names the command a reply answered: Postfix "(in reply to RCPT TO
+# command)", Exim "after RCPT TO:<x>", transcripts (">>> RCPT TO"), qmail, Sendmail.
+# Each literal anchor is looked up with str.find and its pattern matched right there.
+_STAGE_ANCHORS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
+    ("in reply to ", re.compile(
+        r"(rcpt to|mail from|end of data|data|ehlo|helo|starttls|auth|quit)\b")),
+    ("after ", re.compile(
+        r"(?:pipelined )?"
+        r"(rcpt to|mail from|end of data|data|initial connection|ehlo|helo|starttls)\b")),
+    (">>> ", re.compile(r"(rcpt to|mail from|data)\b")),
+    ("did not like our ", re.compile(r"(rcpt to|mail from)")),
+    ("does not like recipient", re.compile(r"")),
+    ("all rcpt commands were rejected", re.compile(r"")),
+    ("no valid recipients", re.compile(r"")),
+    ("smtp:", re.compile(r"(rcpt|mail) host")),
+)  # fmt: skip
 _STAGE_WORDS: Final[dict[str, Stage]] = {
     "rcpt to": "rcpt",
     "rcpt": "rcpt",
@@ -65,8 +73,9 @@ _STAGE_WORDS: Final[dict[str, Stage]] = {
     "quit": "quit",
 }
 # Postfix "host mx.example.org[192.0.2.4] said", Exim "host mx.example.org [192.0.2.4]:".
-_HOST_HINT = re.compile(r"\bhost ([a-z0-9][a-z0-9.-]{0,252}) ?\[", re.IGNORECASE)
+_HOST_HINT = re.compile(r"\bhost ([a-z0-9][a-z0-9.-]{0,252}) ?\[")
 # "try again in 300 seconds", "retry after 5 minutes", "come back in 15 min".
+_RETRY_WORDS_ANY: Final = ("try", "again", "wait", "back in")
 _RETRY_AFTER = re.compile(
     r"(?:try|retry|come back|wait|again)[^0-9.;]{0,30}?([0-9]{1,7})\s*"
     r"(seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h)\b"
@@ -84,8 +93,10 @@ class ParsedReply:
 
     ``code`` is the basic reply code (None when the text holds none), ``status`` the
     RFC 3463 enhanced code as written (never invented), ``text`` the (truncated) input
-    as one string, ``lowered`` its lower-case form for phrase matching, ``stage`` and
-    ``host`` what the text itself says about where the reply came from.
+    as one string, ``lowered`` its lower-case form for phrase matching, ``stage`` what the
+    text itself says about the command the reply answered. The host and an announced
+    delay are read on demand (:meth:`host_hint`, :meth:`retry_after`): most verdicts need
+    neither.
     """
 
     code: int | None
@@ -93,8 +104,21 @@ class ParsedReply:
     text: str
     lowered: str
     stage: Stage | None
-    host: str | None
-    retry_after: int | None
+
+    def host_hint(self) -> str | None:
+        """The reporting host named in a relay's diagnostic, if any."""
+        if "host " not in self.lowered:
+            return None
+        m = _HOST_HINT.search(self.lowered)
+        return None if m is None else m.group(1).rstrip(".")
+
+    def retry_after(self) -> int | None:
+        """The delay the server announced ("try again in 300 seconds"), in seconds."""
+        lowered = self.lowered
+        if not any(w in lowered for w in _RETRY_WORDS_ANY):
+            return None
+        m = _RETRY_AFTER.search(lowered)
+        return None if m is None else int(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
 def to_text(reply: str | bytes | bytearray | memoryview) -> str:
@@ -111,8 +135,49 @@ def _status(m: re.Match[str], first: int) -> str:
     return f"{m.group(first)}.{int(m.group(first + 1))}.{int(m.group(first + 2))}"
 
 
-def parse_reply(reply: str | bytes | bytearray | memoryview) -> ParsedReply:
-    """Split a reply (or a diagnostic quoting one) into code, status, stage and host."""
+def _find_status(text: str) -> str | None:
+    """The first enhanced status in ``text`` that is not part of a longer dotted or
+    alphanumeric token (an IP address, a version number)."""
+    for m in _STATUS_CORE.finditer(text):
+        start, end = m.span()
+        before = text[start - 1] if start else ""
+        if before == "#":
+            before = text[start - 2] if start > 1 else ""
+        if before and (before.isalnum() or before in "._"):
+            continue
+        after = text[end : end + 1]
+        if after and (after.isalnum() or after in "._"):
+            continue
+        return _status(m, 1)
+    return None
+
+
+def _find_code(
+    text: str, start: int = 0, *, anchored: bool = False
+) -> tuple[int, str | None] | None:
+    """The first reply code quoted in prose at or after ``start`` (exactly at ``start``
+    when ``anchored``), with the enhanced status that follows it, if any."""
+    for m in _CODE_CORE.finditer(text, start):
+        begin, end = m.span()
+        if anchored and begin != start:
+            return None
+        if begin and (text[begin - 1].isalnum() or text[begin - 1] in _NOT_BEFORE_CODE):
+            continue
+        rest = text[end : end + 2]
+        if not (rest == "" or rest[0] in " -,;" or rest in {": ", ":"}):
+            continue
+        s = _STATUS_AFTER_CODE.match(text, end + (1 if rest[:1] == ":" else 0))
+        return int(m.group()), (_status(s, 1) if s is not None else None)
+    return None
+
+
+def parse_reply(
+    reply: str | bytes | bytearray | memoryview, *, want_stage: bool = True
+) -> ParsedReply:
+    """Split a reply (or a diagnostic quoting one) into code, status and stage.
+
+    ``want_stage`` False skips looking for a stage the caller already knows. Searches
+    run on the lower-cased text (case-insensitive patterns are slower)."""
     text = to_text(reply)
     lowered = text.lower()
     code: int | None = None
@@ -129,35 +194,34 @@ def parse_reply(reply: str | bytes | bytearray | memoryview) -> ParsedReply:
             status = _status(s, 1)
     else:
         # Prose: find the quoted reply, preferring the place a relay says it put it.
-        start = 0
-        said = _SAID.search(text)
-        if said is not None:
-            q = _QUOTED_CODE.match(text, said.end())
-            if q is not None:
-                start = said.end()
-        q = _QUOTED_CODE.search(text, start)
-        if q is not None:
-            code = int(q.group(1))
-            if q.group(2) is not None:
-                status = _status(q, 2)
+        found = None
+        for anchor in _SAID_ANCHORS:
+            pos = lowered.find(anchor)
+            while pos != -1 and found is None:
+                sep = _AFTER_ANCHOR.match(lowered, pos + len(anchor))
+                if sep is not None and sep.end() > pos + len(anchor):
+                    found = _find_code(lowered, sep.end(), anchored=True)
+                pos = lowered.find(anchor, pos + 1) if found is None else -1
+            if found is not None:
+                break
+        if found is None:
+            found = _find_code(lowered)
+        if found is not None:
+            code, status = found
     if status is None:
-        s = _ANY_STATUS.search(text)
-        if s is not None:
-            status = _status(s, 1)
+        status = _find_status(text)
 
     stage: Stage | None = None
-    h = _STAGE_HINT.search(text)
-    if h is not None:
-        word = next(g for g in h.groups() if g is not None).lower()
-        stage = _STAGE_WORDS.get(word)
-
-    host_match = _HOST_HINT.search(text)
-    host = host_match.group(1).lower().rstrip(".") if host_match is not None else None
-
-    retry_after: int | None = None
-    r = _RETRY_AFTER.search(lowered)
-    if r is not None:
-        retry_after = int(r.group(1)) * _UNIT_SECONDS[r.group(2)]
+    if want_stage:
+        best = len(lowered) + 1
+        for anchor, pattern in _STAGE_ANCHORS:
+            pos = lowered.find(anchor)
+            if pos == -1 or pos >= best:
+                continue
+            h = pattern.match(lowered, pos + len(anchor))
+            if h is not None:
+                best = pos
+                stage = _STAGE_WORDS[h.group(1) if h.groups() else anchor]
 
     return ParsedReply(
         code=code,
@@ -165,6 +229,4 @@ def parse_reply(reply: str | bytes | bytearray | memoryview) -> ParsedReply:
         text=text,
         lowered=lowered,
         stage=stage,
-        host=host,
-        retry_after=retry_after,
     )

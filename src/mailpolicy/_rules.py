@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final, cast
@@ -43,10 +44,11 @@ def words_of(lowered: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Phrase:
-    """A sequence of words with optional ``*`` gaps, matched on the space-joined words."""
+    """A sequence of words with optional ``*`` gaps, matched on the space-joined words.
+    It is only looked for in texts where all its ``words`` occur."""
 
     source: str
-    trigger: str
+    words: frozenset[str]
     segments: tuple[str, ...]  # each " w1 w2 " with surrounding spaces
 
     def found_in(self, joined: str) -> bool:
@@ -68,12 +70,14 @@ class Phrase:
 def compile_phrase(source: str, where: str, path: str) -> Phrase:
     parts = [p.strip() for p in source.lower().split("*")]
     segments: list[str] = []
+    all_words: list[str] = []
     for part in parts:
         words = words_of(part)
         if not words:
             raise PolicyError(where, path, f"phrase {source!r} has an empty part")
         segments.append(" " + " ".join(words) + " ")
-    return Phrase(source=source, trigger=segments[0].split()[0], segments=tuple(segments))
+        all_words.extend(words)
+    return Phrase(source=source, words=frozenset(all_words), segments=tuple(segments))
 
 
 def _pattern(source: str, where: str, path: str, *, parts: int) -> Matcher:
@@ -120,9 +124,6 @@ class Rule:
         if self.statuses and not any(m(status) for m in self.statuses):
             return False
         return not self.hosts or any(host == h or host.endswith("." + h) for h in self.hosts)
-
-    def says(self, joined: str) -> bool:
-        return any(p.found_in(joined) for p in self.phrases)
 
 
 _RULE_KEYS: Final = frozenset(
@@ -242,24 +243,29 @@ def compile_rule(raw: Mapping[str, Any], where: str, path: str, *, table: str) -
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """Compiled rules: ordered text rules indexed by trigger word, and the status and
-    code tables keyed for dictionary lookup."""
+    """Compiled rules: ordered text rules whose phrases are indexed by trigger word, and
+    the status and code tables keyed for dictionary lookup."""
 
     text_rules: tuple[Rule, ...]
-    triggers: Mapping[str, tuple[int, ...]]
+    triggers: Mapping[str, tuple[tuple[int, Phrase], ...]]
     trigger_words: frozenset[str]
     status_table: Mapping[str, tuple[Rule, ...]]  # "1.1", "1.*"
     code_table: Mapping[str, tuple[Rule, ...]]  # "552", "5xx"
+    needs_host: bool  # some rule keys on the MX host
 
-    def candidates(self, words: Iterable[str]) -> list[int]:
-        """Indices of the text rules worth examining for these words, in rule order."""
-        found = self.trigger_words.intersection(words)
-        if not found:
-            return []
-        hits: set[int] = set()
-        for w in found:
-            hits.update(self.triggers[w])
-        return sorted(hits)
+    def candidates(self, words: frozenset[str]) -> dict[int, list[Phrase]]:
+        """The phrases worth looking for in a text with these words (all their words
+        occur), grouped by the index of their rule."""
+        hits: dict[int, list[Phrase]] = {}
+        triggers = self.triggers
+        for w in self.trigger_words.intersection(words):
+            for i, phrase in triggers[w]:
+                if phrase.words <= words:
+                    if i in hits:
+                        hits[i].append(phrase)
+                    else:
+                        hits[i] = [phrase]
+        return hits
 
 
 def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
@@ -286,12 +292,14 @@ def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
         return out
 
     text_rules = tuple(compiled("rules"))
-    triggers: dict[str, list[int]] = {}
+    # Index each phrase under its word that the fewest phrases share (the longest among
+    # equals): a text then wakes only the few phrases whose rarest word it contains.
+    frequency = Counter(w for rule in text_rules for p in rule.phrases for w in p.words)
+    triggers: dict[str, list[tuple[int, Phrase]]] = {}
     for i, rule in enumerate(text_rules):
         for phrase in rule.phrases:
-            bucket = triggers.setdefault(phrase.trigger, [])
-            if not bucket or bucket[-1] != i:
-                bucket.append(i)
+            trigger = min(sorted(phrase.words), key=lambda w: (frequency[w], -len(w)))
+            triggers.setdefault(trigger, []).append((i, phrase))
 
     def keyed(
         table: str, key_of: Callable[[Mapping[str, Any], str], str]
@@ -319,6 +327,7 @@ def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
         trigger_words=frozenset(triggers),
         status_table=keyed("status", status_key),
         code_table=keyed("codes", code_key),
+        needs_host=any(r.hosts for r in text_rules),
     )
 
 
