@@ -36,3 +36,14 @@ def test_exceptions_subclass_what_callers_already_catch() -> None:
     assert issubclass(mailpolicy.InvalidInputError, mailpolicy.MailPolicyError)
     err = mailpolicy.PolicyError("bulk.toml", "rules[2].when.enhanced", "bad pattern")
     assert str(err) == "bulk.toml: rules[2].when.enhanced: bad pattern"
+
+
+def test_readme_classify_example_runs() -> None:
+    """The README's classification example is executed as written."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (example,) = [b for b in blocks if "from mailpolicy import classify" in b]
+    exec(compile(example, "README.md", "exec"), {})  # noqa: S102 - our own README

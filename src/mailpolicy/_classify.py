@@ -17,10 +17,12 @@ from __future__ import annotations
 import smtplib
 import socket
 import ssl
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 from ._errors import InvalidInputError
+from ._policy import Policy
+from ._policy_load import load_policy
 from ._reply import ParsedReply, parse_reply
 from ._rules import Rule, RuleSet, first_rule, load_builtin_rules, words_of
 from ._vocab import (
@@ -45,6 +47,10 @@ class Verdict:
     ``scope`` what the failure is about (recipient, message or relay), ``retry_after``
     the delay in seconds the server announced, ``rule`` the id of the deciding rule and
     ``stage`` the SMTP stage the reply answered (given, or read from the text).
+    ``action`` is the default policy's action (``retry``, ``defer``, ``throttle``,
+    ``rebatch``, ``bounce``, ``suppress``, ``hold``, or ``deliver``); ``attributed`` is
+    False when a dead-address reason cannot be tied to this recipient (a quoted "user
+    unknown" at an unknown stage without an addressing status), which never suppresses.
     """
 
     code: int | None
@@ -57,6 +63,8 @@ class Verdict:
     retry_after: int | None
     rule: str
     stage: Stage | None
+    action: str = ""
+    attributed: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping of every field."""
@@ -113,20 +121,15 @@ def _scope(reason: Reason, stage: Stage | None) -> Scope:
     return "message"
 
 
-def default_decision(
-    kind: Kind, reason: Reason, stage: Stage | None, *, attributed: bool = True
-) -> tuple[bool, bool]:
-    """``(retry, suppress)`` under the default policy. ``attributed`` says whether the
-    evidence is tied to the recipient: see :func:`classify_parsed`."""
-    if kind == "success":
-        return False, False
-    if kind == "transient":
-        return True, False
-    # A 5xx rate limit is a quota that resets (GoDaddy IB607, Gmail "receiving mail at a
-    # rate"): retry later rather than bounce (classification.md §5.1).
-    retry = reason == "rate_limited"
-    suppress = attributed and reason in DEAD_ADDRESS_REASONS and stage in RECIPIENT_STAGES
-    return retry, suppress
+_DEFAULT_POLICY: list[Policy] = []
+
+
+def default_policy() -> Policy:
+    """The shipped ``default`` policy, loaded on first use: the one source of
+    ``Verdict.retry``, ``suppress`` and ``action`` (no second decision table)."""
+    if not _DEFAULT_POLICY:
+        _DEFAULT_POLICY.append(load_policy("default"))
+    return _DEFAULT_POLICY[0]
 
 
 def _check_stage(stage: object) -> Stage | None:
@@ -252,34 +255,47 @@ def classify_parsed(
         and rule.weak
         and (status is None or status.split(".")[1] != "1")
     )
-    retry, suppress = default_decision(kind, reason, stage, attributed=attributed)
+    decision = default_policy().decide(
+        kind=kind,
+        reason=reason,
+        code=code,
+        status=status,
+        stage=stage,
+        text=parsed.text,
+        attributed=attributed,
+    )
     return Verdict(
         code=code,
         status=status,
         kind=kind,
         reason=reason,
-        retry=retry,
-        suppress=suppress,
+        retry=decision.retry,
+        suppress=decision.suppress,
         scope=scope,
-        retry_after=parsed.retry_after() if kind == "transient" or retry else None,
+        retry_after=parsed.retry_after() if decision.retry else None,
         rule=rule_id,
         stage=stage,
+        action=decision.action,
+        attributed=attributed,
     )
 
 
 def _network_verdict(reason: Reason, kind: Kind, rule: str, stage: Stage | None) -> Verdict:
-    retry, suppress = default_decision(kind, reason, stage)
+    decision = default_policy().decide(
+        kind=kind, reason=reason, code=None, status=None, stage=stage
+    )
     return Verdict(
         code=None,
         status=None,
         kind=kind,
         reason=reason,
-        retry=retry,
-        suppress=suppress,
+        retry=decision.retry,
+        suppress=decision.suppress,
         scope="relay",
         retry_after=None,
         rule=rule,
         stage=stage,
+        action=decision.action,
     )
 
 
@@ -306,10 +322,14 @@ def classify_error(exc: BaseException, *, stage: Stage | None = None) -> Verdict
         raw = error if isinstance(error, bytes) else str(error).encode("utf-8", "replace")
         return classify(f"{exc.smtp_code} ".encode() + raw, stage=stage)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        # The server lacks an extension our configuration requires (STARTTLS, AUTH).
-        if stage == "auth" or "auth" in str(exc).lower():
+        # The server lacks an extension the configuration or the message requires.
+        what = str(exc).lower()
+        if stage == "auth" or "auth" in what:
             return _network_verdict("auth_failed", "permanent", "error.auth-not-offered", stage)
-        return _network_verdict("tls_failed", "permanent", "error.starttls-not-offered", stage)
+        if stage == "starttls" or "starttls" in what or "tls" in what:
+            return _network_verdict("tls_failed", "permanent", "error.starttls-not-offered", stage)
+        v = _network_verdict("protocol_error", "permanent", "error.extension-not-offered", stage)
+        return replace(v, scope="message")
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
         return _network_verdict("tls_failed", "permanent", "error.tls", stage)
     if isinstance(exc, TimeoutError | socket.timeout):

@@ -13,6 +13,9 @@ from ._classify import Verdict, classify
 from ._errors import MailPolicyError
 from ._vocab import STAGES, Stage
 
+#: Exit status when the command ran but some recipient was not delivered.
+EXIT_UNDELIVERED = 2
+
 
 def _verdict_line(reply: str, v: Verdict) -> str:
     code = "-" if v.code is None else str(v.code)
@@ -63,6 +66,83 @@ def _classify_jsonl(stdin: Any, out: TextIO, *, default_stage: Stage | None) -> 
     return 0
 
 
+def _cmd_policy_check(args: argparse.Namespace, out: TextIO) -> int:
+    from ._policy_load import check_policy_files  # noqa: PLC0415 - keep start-up light
+
+    errors = check_policy_files(args.files)
+    for error in errors:
+        print(f"mailpolicy: {error}", file=sys.stderr)
+    if not errors:
+        out.write(f"{len(args.files)} policy file(s) OK\n")
+    return 1 if errors else 0
+
+
+def _cmd_policy_explain(args: argparse.Namespace, out: TextIO) -> int:
+    from ._explain import explain, render_explanation  # noqa: PLC0415
+    from ._policy_load import load_policy  # noqa: PLC0415
+
+    policy = load_policy(args.policy)
+    text = args.reply.replace("\\r\\n", "\r\n").replace("\\n", "\n")
+    explanation = explain(policy, reply=text, stage=args.stage, domain=args.domain)
+    if args.json:
+        out.write(json.dumps(explanation.to_dict(), default=str) + "\n")
+    else:
+        out.write(render_explanation(explanation) + "\n")
+    return 0
+
+
+def _cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+    import os  # noqa: PLC0415
+    from email.message import EmailMessage  # noqa: PLC0415
+
+    from ._sender import Sender  # noqa: PLC0415
+
+    password = None
+    if args.username is not None:
+        if not args.password_env or args.password_env not in os.environ:
+            raise SystemExit(
+                "mailpolicy send: --username needs --password-env VAR naming a set variable"
+            )
+        password = os.environ[args.password_env]
+    message = EmailMessage()
+    message["From"] = args.sender
+    message["To"] = ", ".join(args.to)
+    message["Subject"] = args.subject
+    body = args.body
+    if args.body_file is not None:
+        with open(args.body_file, encoding="utf-8") as fh:
+            body = fh.read()
+    message.set_content(body)
+    with Sender(
+        args.host,
+        args.port,
+        policy=args.policy,
+        security=args.security,
+        username=args.username,
+        password=password,
+        timeout=args.timeout,
+        allow_insecure_auth=args.allow_insecure_auth,
+    ) as sender:
+        report = sender.send(message, recipients=args.to)
+    if args.json:
+        out.write(json.dumps(report.to_dict()) + "\n")
+    else:
+        out.write(f"{report.message_id} via {report.relay} (policy {report.policy})\n")
+        for o in report.outcomes:
+            reply = " ".join(str(x) for x in (o.code, o.status) if x) or "-"
+            when = f" next attempt {o.next_attempt_at.isoformat()}" if o.next_attempt_at else ""
+            out.write(
+                f"  {o.recipient}: {o.state} ({o.reason}, {reply}, {o.attempts} attempt(s)){when}\n"
+            )
+    return 0 if report.all_delivered else EXIT_UNDELIVERED
+
+
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    from ._demo import run_demo  # noqa: PLC0415
+
+    return run_demo(out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailpolicy",
@@ -86,6 +166,49 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON object per reply")
     c.add_argument("--jsonl", action="store_true", help="read JSON lines from standard input")
     c.set_defaults(handler=_cmd_classify)
+
+    p = sub.add_parser("policy", help="check and explain retry policies")
+    psub = p.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    pc = psub.add_parser("check", help="validate policy files; exit 1 on errors")
+    pc.add_argument("files", nargs="+", metavar="FILE")
+    pc.set_defaults(handler=_cmd_policy_check)
+    pe = psub.add_parser(
+        "explain", help="which rule fires for a reply, the action and the whole schedule"
+    )
+    pe.add_argument("policy", metavar="POLICY", help="a shipped policy's name or a file")
+    pe.add_argument("--reply", required=True, help="the reply text")
+    pe.add_argument("--stage", choices=STAGES)
+    pe.add_argument("--domain", help="the recipient's domain ([[destinations]] key on it)")
+    pe.add_argument("--json", action="store_true")
+    pe.set_defaults(handler=_cmd_policy_explain)
+
+    s = sub.add_parser(
+        "send",
+        help="send one message and show each recipient's outcome",
+        description="Send one message. Exit status 0 when every recipient was delivered, "
+        f"{EXIT_UNDELIVERED} when some was not (deferred, bounced, invalid, held), "
+        "1 on errors.",
+    )
+    s.add_argument("--host", required=True)
+    s.add_argument("--port", type=int)
+    s.add_argument("--security", choices=("starttls", "ssl", "none"), default="starttls")
+    s.add_argument("--username")
+    s.add_argument("--password-env", metavar="VAR", help="environment variable with the password")
+    s.add_argument("--allow-insecure-auth", action="store_true")
+    s.add_argument("--from", dest="sender", required=True, metavar="ADDRESS")
+    s.add_argument("--to", required=True, nargs="+", metavar="ADDRESS")
+    s.add_argument("--subject", default="mailpolicy test message")
+    s.add_argument("--body", default="Sent by mailpolicy.\n")
+    s.add_argument("--body-file")
+    s.add_argument("--policy", default="default", help="a shipped policy's name or a file")
+    s.add_argument("--timeout", type=float, help="socket timeout per command, seconds")
+    s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.set_defaults(handler=_cmd_send)
+
+    d = sub.add_parser(
+        "demo", help="deliver through a local SMTP server with scripted faults and show outcomes"
+    )
+    d.set_defaults(handler=_cmd_demo)
     return parser
 
 

@@ -3,6 +3,9 @@
 ::
 
     MailPolicyError                      every error this library raises on purpose
+    ├── ConfigurationError (ValueError)  a Sender or integration set up wrongly (names the
+    │                                    option: e.g. AUTH over plaintext without
+    │                                    allow_insecure_auth)
     ├── InvalidInputError (TypeError)    a value of the wrong type handed to a public function
     ├── MessageError (ValueError)        a message that cannot be sent as given (no
     │                                    recipients, header injection, unserialisable)
@@ -16,6 +19,10 @@ from __future__ import annotations
 
 class MailPolicyError(Exception):
     """Base class of every error raised on purpose by mailpolicy."""
+
+
+class ConfigurationError(MailPolicyError, ValueError):
+    """A Sender or integration was set up wrongly; the message names the option."""
 
 
 class InvalidInputError(MailPolicyError, TypeError):

@@ -1,0 +1,57 @@
+"""Structured events (DESIGN.md §5): one ``mail.delivery`` per recipient per ``send()``,
+one ``mail.attempt`` per SMTP attempt at debug level.
+
+Events go through structlog's global configuration, looked up at each call (so an
+application's ``structlog.configure`` and ``structlog.testing.capture_logs()`` see them).
+Recipients are masked by default; passwords never appear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Final, Literal
+
+import structlog
+
+RecipientStyle = Literal["mask", "full", "hash"]
+RECIPIENT_STYLES: Final[tuple[RecipientStyle, ...]] = ("mask", "full", "hash")
+
+LOGGER_NAME: Final = "mailpolicy"
+
+#: Log level of ``mail.delivery`` by state: a held message is our configuration's fault
+#: and must alert the operator.
+_LEVEL: Final[dict[str, str]] = {
+    "delivered": "info",
+    "deferred": "warning",
+    "bounced": "warning",
+    "invalid": "warning",
+    "suppressed": "info",
+    "held": "error",
+}
+
+
+def show_recipient(address: str, style: RecipientStyle) -> str:
+    """The recipient as events show it: ``b***@example.org`` (mask), the address (full),
+    or a stable digest with the domain (hash), so logs can be joined without the
+    address itself."""
+    if style == "full":
+        return address
+    local, _, domain = address.rpartition("@")
+    if style == "hash":
+        digest = hashlib.sha256(address.lower().encode("utf-8", "replace")).hexdigest()[:16]
+        return f"sha256:{digest}@{domain}"
+    return f"{local[:1]}***@{domain}" if local else f"***@{domain}"
+
+
+def _logger() -> Any:
+    return structlog.get_logger(LOGGER_NAME)
+
+
+def delivery(state: str, **fields: Any) -> None:
+    """Emit ``mail.delivery`` at the level its state calls for."""
+    getattr(_logger(), _LEVEL.get(state, "info"))("mail.delivery", state=state, **fields)
+
+
+def attempt(**fields: Any) -> None:
+    """Emit ``mail.attempt`` at debug level."""
+    _logger().debug("mail.attempt", **fields)

@@ -1,0 +1,146 @@
+"""``mailpolicy policy explain``: which rule fires for a reply, and the whole schedule.
+
+:func:`explain` classifies the reply, asks the policy, and plans every attempt until
+the final step; :func:`render_explanation` draws it as a table for a person, and
+:meth:`Explanation.to_dict` gives the JSON form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._policy import Decision, Policy
+from ._queue import PlannedAttempt, QueueStep, plan_attempts
+from ._schedule import format_duration
+from ._vocab import Kind, Reason, Stage
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Explanation:
+    """The classification of a reply, the policy's decision and the attempt plan."""
+
+    policy: str
+    reply: str
+    stage: Stage | None
+    domain: str | None
+    code: int | None
+    status: str | None
+    kind: Kind
+    reason: Reason
+    retry_after: float | None
+    decision: Decision
+    attempts: tuple[PlannedAttempt, ...]
+    final: QueueStep
+
+    @property
+    def outcome(self) -> str:
+        """The end of the plan in words."""
+        step = self.final
+        if step.action == "bounce" and step.gave_up:
+            after = format_duration(step.give_up_at or 0.0)
+            return f"bounced: gave up {after} after the first failure"
+        if step.action == "bounce":
+            return "bounced and suppressed" if step.suppress else "bounced"
+        if step.action == "hold":
+            return "held: tried again after hold_for, or when released; the operator is alerted"
+        if step.action == "rebatch":
+            return "the remaining recipients go in a new transaction"
+        return "delivered"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "reply": self.reply,
+            "stage": self.stage,
+            "domain": self.domain,
+            "code": self.code,
+            "status": self.status,
+            "kind": self.kind,
+            "reason": self.reason,
+            "retry_after": self.retry_after,
+            "rule": self.decision.rule,
+            "action": self.decision.action,
+            "decision": self.decision.to_dict(),
+            "schedule": [a.to_dict() for a in self.attempts],
+            "final": self.final.to_dict(),
+            "outcome": self.outcome,
+        }
+
+
+def explain(
+    policy: Policy, *, reply: str, stage: Stage | None = None, domain: str | None = None
+) -> Explanation:
+    """Classify ``reply`` (at ``stage``, for a recipient at ``domain``) and explain what
+    ``policy`` does about it, attempt by attempt."""
+    # Imported here: _classify will import the policy modules, not the other way round.
+    from ._classify import classify  # noqa: PLC0415
+
+    verdict = classify(reply, stage=stage)
+    decision = policy.decide(
+        kind=verdict.kind,
+        reason=verdict.reason,
+        code=verdict.code,
+        status=verdict.status,
+        stage=verdict.stage,
+        text=reply,
+        domain=domain,
+        attributed=verdict.attributed,
+    )
+    retry_after = float(verdict.retry_after) if verdict.retry_after is not None else None
+    attempts, final = plan_attempts(policy, decision, retry_after=retry_after, domain=domain)
+    return Explanation(
+        policy=policy.name,
+        reply=reply,
+        stage=verdict.stage,
+        domain=domain,
+        code=verdict.code,
+        status=verdict.status,
+        kind=verdict.kind,
+        reason=verdict.reason,
+        retry_after=retry_after,
+        decision=decision,
+        attempts=attempts,
+        final=final,
+    )
+
+
+def _span(low: float, high: float) -> str:
+    if abs(high - low) < 0.0005:
+        return ""
+    return f"{format_duration(low)}-{format_duration(high)}"
+
+
+def render_explanation(explanation: Explanation) -> str:
+    """A person's view: the decision, then one row per attempt."""
+    e = explanation
+    d = e.decision
+    lines = [
+        f"policy   {e.policy}",
+        f"reply    {e.reply.splitlines()[0] if e.reply else ''}",
+        f"verdict  {e.kind} / {e.reason} (code {e.code}, status {e.status}, stage {e.stage})",
+        f"rule     {d.rule}" + (f" (destination {d.destination})" if d.destination else ""),
+        f"action   {d.action}  retry={str(d.retry).lower()} suppress={str(d.suppress).lower()}",
+    ]
+    if e.retry_after is not None:
+        lines.append(f"server   asked to wait {format_duration(e.retry_after)}")
+    lines.append("")
+    header = ("#", "tier", "at", "wait", "jitter range")
+    rows = [
+        (
+            str(a.number),
+            a.tier,
+            format_duration(a.at) if a.at else "0s",
+            format_duration(a.wait) if a.wait else "-",
+            _span(a.wait_min, a.wait_max),
+        )
+        for a in e.attempts
+    ]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines.extend(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    )
+    lines.append("")
+    lines.append(f"then     {e.outcome}")
+    return "\n".join(lines)

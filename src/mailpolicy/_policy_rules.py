@@ -1,0 +1,178 @@
+"""The conditions and actions of a policy: ``[[rules]]`` and ``[[destinations]]``.
+
+``when`` keys (AND across keys, OR inside a list): ``stage`` (DESIGN.md stage names or
+``"none"``), ``kind`` (``transient`` / ``permanent``), ``reason`` (the taxonomy),
+``reply`` (``"421"``, ``"4xx"``, ``"45x"``, ``"none"``), ``enhanced`` (``"5.1.1"``,
+``"5.7.*"``, ``"*.2.2"``, ``"4.7.5xx"``, ``"none"``) and ``text`` (a case-insensitive
+regular expression, searched in the first :data:`~mailpolicy._policy.TEXT_SCAN`
+characters of the reply).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, cast
+
+from . import _policy_fields as f
+from ._errors import PolicyError
+from ._policy import ACTIONS, TIMED_ACTIONS, CodePattern, PolicyRule, When
+from ._vocab import REASONS, STAGES, Kind, Reason, Stage
+
+_RULE_KEYS: Final = ("name", "when", "action", "schedule", "min_delay", "give_up_after", "pause")
+_WHEN_KEYS: Final = ("stage", "kind", "reason", "reply", "enhanced", "text")
+_DESTINATION_KEYS: Final = ("name", "domains", "inline", "queue", "suppression", "rules")
+_REPLY: Final = re.compile(r"[2-5][0-9x]{2}")
+_ENHANCED_PART: Final = re.compile(r"\*|[0-9x]{1,3}")
+
+
+def _code_matcher(pattern: str, *, enhanced: bool, source: str, path: str) -> CodePattern:
+    """``"421"``, ``"4xx"``, ``"45x"`` / ``"5.1.1"``, ``"5.7.*"``, ``"*.2.2"``, ``"4.7.5xx"``;
+    ``"none"`` matches a reply without one."""
+    if pattern == "none":
+        return CodePattern(pattern, None)
+    if enhanced:
+        parts = pattern.split(".")
+        ok = len(parts) == 3 and all(_ENHANCED_PART.fullmatch(p) for p in parts)
+        ok = ok and parts[0] in ("*", "x", "2", "4", "5")
+        regex = r"\.".join("[0-9]{1,3}" if p == "*" else p.replace("x", "[0-9]") for p in parts)
+        example = "'5.1.1', '5.7.*', '*.2.2' or 'none'"
+    else:
+        ok = _REPLY.fullmatch(pattern) is not None
+        regex = pattern.replace("x", "[0-9]")
+        example = "'421', '4xx', '45x' or 'none'"
+    if not ok:
+        raise PolicyError(source, path, f"{pattern!r} is not a pattern such as {example}")
+    return CodePattern(pattern, re.compile(regex))
+
+
+def _when(value: object, source: str, path: str) -> When:
+    raw = f.table(value, source, path)
+    f.check_keys(raw, _WHEN_KEYS, source, path)
+    fields: dict[str, Any] = {}
+    if "stage" in raw:
+        names = f.strings(raw["stage"], source, f"{path}.stage")
+        for n in names:
+            if n != "none" and n not in STAGES:
+                raise PolicyError(
+                    source,
+                    f"{path}.stage",
+                    f"unknown stage {n!r}; expected 'none' or one of {', '.join(STAGES)}",
+                )
+        fields["stages"] = frozenset(None if n == "none" else cast(Stage, n) for n in names)
+    if "kind" in raw:
+        kinds = f.strings(raw["kind"], source, f"{path}.kind")
+        for k in kinds:
+            if k not in ("transient", "permanent"):
+                raise PolicyError(
+                    source, f"{path}.kind", f"unknown kind {k!r}; expected transient or permanent"
+                )
+        fields["kinds"] = frozenset(cast(Kind, k) for k in kinds)
+    if "reason" in raw:
+        reasons = f.strings(raw["reason"], source, f"{path}.reason")
+        for r in reasons:
+            if r not in REASONS:
+                raise PolicyError(
+                    source,
+                    f"{path}.reason",
+                    f"unknown reason {r!r}; expected one of {', '.join(REASONS)}",
+                )
+        fields["reasons"] = frozenset(cast(Reason, r) for r in reasons)
+    for key, enhanced in (("reply", False), ("enhanced", True)):
+        if key in raw:
+            where = f"{path}.{key}"
+            fields["replies" if key == "reply" else key] = tuple(
+                _code_matcher(p, enhanced=enhanced, source=source, path=where)
+                for p in f.strings(raw[key], source, where)
+            )
+    if "text" in raw:
+        pattern = f.text(raw["text"], source, f"{path}.text")
+        try:
+            fields["text"] = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise PolicyError(
+                source, f"{path}.text", f"invalid regular expression {pattern!r}: {exc}"
+            ) from exc
+    return When(**fields)
+
+
+def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:
+    if not isinstance(value, list):
+        raise PolicyError(source, path, "expected an array of tables ([[rules]])")
+    out: list[PolicyRule] = []
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        raw = f.table(item, source, where)
+        f.check_keys(raw, _RULE_KEYS, source, where)
+        for key in ("name", "when", "action"):
+            if key not in raw:
+                raise PolicyError(source, f"{where}.{key}", "required")
+        name = f.rule_name(raw["name"], source, f"{where}.name")
+        if name in seen:
+            raise PolicyError(source, f"{where}.name", f"duplicate rule name {name!r}")
+        seen.add(name)
+        action = raw["action"]
+        if action not in ACTIONS:
+            raise PolicyError(
+                source,
+                f"{where}.action",
+                f"unknown action {f.describe(action)}; expected one of {', '.join(ACTIONS)}",
+            )
+        for key in ("schedule", "min_delay", "give_up_after"):
+            if key in raw and action not in TIMED_ACTIONS:
+                raise PolicyError(
+                    source, f"{where}.{key}", "only a retry, defer or throttle rule takes this key"
+                )
+        if "pause" in raw and action != "throttle":
+            raise PolicyError(source, f"{where}.pause", "only a throttle rule takes pause")
+        if action == "throttle" and "pause" not in raw:
+            raise PolicyError(source, f"{where}.pause", "required for action 'throttle'")
+        out.append(
+            PolicyRule(
+                name=name,
+                when=_when(raw["when"], source, f"{where}.when"),
+                action=action,
+                schedule=f.name(raw["schedule"], source, f"{where}.schedule")
+                if "schedule" in raw
+                else None,
+                min_delay=f.duration(raw["min_delay"], source, f"{where}.min_delay")
+                if "min_delay" in raw
+                else 0.0,
+                give_up_after=f.duration(raw["give_up_after"], source, f"{where}.give_up_after")
+                if "give_up_after" in raw
+                else None,
+                pause=f.duration(raw["pause"], source, f"{where}.pause")
+                if "pause" in raw
+                else None,
+                source=source,
+                path=where,
+            )
+        )
+    return out
+
+
+def parse_destinations(value: object, source: str, path: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        raise PolicyError(source, path, "expected an array of tables ([[destinations]])")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        raw = f.table(item, source, where)
+        f.check_keys(raw, _DESTINATION_KEYS, source, where)
+        for key in ("name", "domains"):
+            if key not in raw:
+                raise PolicyError(source, f"{where}.{key}", "required")
+        parsed: dict[str, Any] = {
+            "name": f.name(raw["name"], source, f"{where}.name"),
+            "domains": tuple(
+                f.domain_pattern(d, source, f"{where}.domains[{j}]")
+                for j, d in enumerate(f.strings(raw["domains"], source, f"{where}.domains"))
+            ),
+            "rules": parse_rules(raw.get("rules", []), source, f"{where}.rules"),
+        }
+        for key in ("inline", "queue", "suppression"):
+            parsed[key] = f.section(raw.get(key, {}), f.SECTIONS[key], source, f"{where}.{key}")
+        if any(d["name"] == parsed["name"] for d in out):
+            raise PolicyError(source, f"{where}.name", f"duplicate destination {parsed['name']!r}")
+        out.append(parsed)
+    return out

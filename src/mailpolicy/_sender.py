@@ -1,0 +1,506 @@
+"""The Sender: delivers messages through smtplib with per-recipient outcomes.
+
+Flow of one ``send()`` (DESIGN.md §1): prepare (serialise once) → pre-validate every
+envelope address → transactions on one reused connection → classify every reply →
+the policy decides → the inline tier (tenacity) retries what it may within the
+in-request budget → what remains transient is ``deferred`` with ``next_attempt_at`` →
+one ``mail.delivery`` event per recipient.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from email.message import Message
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Self
+
+from . import _events as events
+from ._address import CheckedAddress, check_address
+from ._classify import Verdict
+from ._errors import ConfigurationError
+from ._inline import AttemptInfo, InlineRetrier
+from ._message import PreparedMessage, prepare_message
+from ._outcome import DeliveryReport, RecipientOutcome, State, utc
+from ._policy import Decision, Policy
+from ._policy_load import load_policy
+from ._queue import next_step
+from ._relaystate import RELAYS, RelayRegistry, RelayState
+from ._schedule import Rng, default_rng
+from ._session import (
+    SECURITY_MODES,
+    ConnectionSettings,
+    RecipientResult,
+    Security,
+    Session,
+    StageError,
+)
+from ._vocab import Reason
+
+_DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25}
+#: Stages at which a failure is the relay's, for the circuit breaker.
+_CONNECTION_STAGES: Final = frozenset({"connect", "greeting", "ehlo", "starttls"})
+_NETWORK_REASONS: Final = frozenset({"network_error", "timeout"})
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One recipient during a send: its wire address and what happened so far."""
+
+    recipient: str
+    wire: str
+    attempts: int = 0
+    verdict: Verdict | None = None
+    text: str = ""
+    decision: Decision | None = None
+    ambiguous: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _AttemptOutcome:
+    """What one attempt tells the inline tier: retry inline if any recipient's decision
+    asks for it, waiting at least the longest delay a server announced."""
+
+    decision: Decision
+    retry_after: float | None = None
+
+
+_RETRY: Final = Decision(action="retry", rule="inline", retry=True, suppress=False)
+_DONE: Final = Decision(action="deliver", rule="done", retry=False, suppress=False)
+_CIRCUIT_OPEN: Final = Verdict(
+    code=None,
+    status=None,
+    kind="transient",
+    reason="network_error",
+    retry=True,
+    suppress=False,
+    scope="relay",
+    retry_after=None,
+    rule="circuit.open",
+    stage="connect",
+)
+
+
+def _resolve_policy(policy: Policy | str | Path | None) -> Policy:
+    if policy is None:
+        return load_policy("default")
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, str | Path):
+        return load_policy(policy)
+    raise ConfigurationError(
+        f"policy must be a Policy, a name or a path, not {type(policy).__name__}"
+    )
+
+
+class Sender:
+    """Delivers ``email.message.EmailMessage`` objects through one SMTP relay.
+
+    A context manager that reuses one connection across ``send()`` calls; entering it
+    opens nothing (the connection opens on first need). ``policy`` is a
+    :class:`~mailpolicy.Policy`, a shipped policy's name or a path (default:
+    ``"default"``). ``security`` is ``"starttls"`` (required: no plaintext fallback),
+    ``"ssl"`` (implicit TLS) or ``"none"``; TLS is verified with ``ssl_context`` or
+    ``ssl.create_default_context()``. AUTH happens only over TLS unless
+    ``allow_insecure_auth=True``. ``timeout`` is the socket timeout per command
+    (default: the policy's ``[inline] attempt_timeout``). ``connection`` hands over an
+    open ``smtplib.SMTP``. ``clock`` (wall seconds), ``monotonic`` and ``sleep`` are
+    injectable for tests; ``relays`` holds per-relay budgets and circuits (default: the
+    process-wide registry).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int | None = None,
+        *,
+        policy: Policy | str | Path | None = None,
+        security: Security = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float | None = None,
+        local_hostname: str | None = None,
+        store: object | None = None,
+        allow_insecure_auth: bool = False,
+        connection: smtplib.SMTP | None = None,
+        recipient_style: events.RecipientStyle = "mask",
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Rng | None = None,
+        relays: RelayRegistry | None = None,
+    ) -> None:
+        if not isinstance(host, str) or not host:
+            raise ConfigurationError("host must be a non-empty str")
+        if security not in SECURITY_MODES:
+            raise ConfigurationError(
+                f"security must be one of {', '.join(SECURITY_MODES)}, not {security!r}"
+            )
+        if (username is None) != (password is None):
+            raise ConfigurationError("give username and password together")
+        if username is not None and security == "none" and not allow_insecure_auth:
+            raise ConfigurationError(
+                "AUTH over a plaintext connection would expose the password: use "
+                'security="starttls" or "ssl", or set allow_insecure_auth=True'
+            )
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+            raise ConfigurationError("timeout must be a positive number of seconds")
+        if store is not None:
+            raise ConfigurationError(
+                "durable stores arrive with the outbox (not in this version): "
+                "without one, deferred recipients are reported with persisted=False"
+            )
+        if recipient_style not in events.RECIPIENT_STYLES:
+            raise ConfigurationError(f"recipient_style must be one of {events.RECIPIENT_STYLES}")
+        self.policy = _resolve_policy(policy)
+        self.recipient_style = recipient_style
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._rng: Rng = rng if rng is not None else default_rng
+        self._fixed_timeout = timeout
+        self.settings = ConnectionSettings(
+            host=host,
+            port=port if port is not None else _DEFAULT_PORTS[security],
+            security=security,
+            username=username,
+            password=password,
+            ssl_context=ssl_context,
+            timeout=float(timeout if timeout is not None else self.policy.inline.attempt_timeout),
+            end_of_data_timeout=self.policy.queue.end_of_data_timeout,
+            local_hostname=local_hostname,
+            allow_insecure_auth=allow_insecure_auth,
+        )
+        self._session = Session(self.settings, connection)
+        self._relays = relays if relays is not None else RELAYS
+
+    def __repr__(self) -> str:
+        s = self.settings
+        user = f", username={s.username!r}" if s.username else ""
+        return (
+            f"Sender({s.host!r}, {s.port}, security={s.security!r}{user}, "
+            f"policy={self.policy.name!r})"
+        )
+
+    @property
+    def relay(self) -> str:
+        return self.settings.relay
+
+    @property
+    def connection(self) -> smtplib.SMTP | None:
+        """The current smtplib connection, if one is open."""
+        return self._session.connection
+
+    def open(self) -> None:
+        """Connect now (once, without retries). Raises the failure's ``StageError``."""
+        self._session.open()
+
+    def close(self) -> None:
+        """QUIT and close the connection, if one is open."""
+        self._session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- send --------------------------------------------------------------------------
+
+    def send(
+        self,
+        message: Message,
+        *,
+        envelope_from: str | None = None,
+        recipients: Sequence[str] | None = None,
+    ) -> DeliveryReport:
+        """Deliver ``message``; one :class:`RecipientOutcome` per envelope recipient.
+
+        Delivery failures are outcomes, never exceptions. Raises
+        :class:`~mailpolicy.MessageError` for a message that cannot be sent as given
+        (no recipients, header injection, not serialisable).
+        """
+        started = self._monotonic()
+        prepared = prepare_message(message, envelope_from=envelope_from, recipients=recipients)
+        policy = self.policy
+        check = self._checker()
+        sender = check(prepared.envelope_from)
+        outcomes: dict[str, RecipientOutcome] = {}
+        pending: list[_Pending] = []
+        smtputf8 = prepared.smtputf8 or sender.smtputf8
+        for recipient in prepared.recipients:
+            checked = check(recipient)
+            if not sender.ok:
+                outcomes[recipient] = RecipientOutcome(
+                    recipient=recipient,
+                    state="invalid",
+                    reason="sender_rejected",
+                    text=f"envelope sender {prepared.envelope_from!r} refused: {sender.error}",
+                    rule="prevalidation.sender",
+                    action="bounce",
+                )
+            elif not checked.ok:
+                outcomes[recipient] = RecipientOutcome(
+                    recipient=recipient,
+                    state="invalid",
+                    reason="mailbox_name_invalid",
+                    text=checked.error or "invalid address",
+                    rule=f"prevalidation.{policy.address.mode}",
+                    action="bounce",
+                )
+            else:
+                smtputf8 = smtputf8 or checked.smtputf8
+                pending.append(_Pending(recipient=recipient, wire=checked.wire or recipient))
+        if pending:
+            self._deliver(prepared, sender, pending, smtputf8=smtputf8, outcomes=outcomes)
+        elapsed_ms = (self._monotonic() - started) * 1000
+        report = DeliveryReport(
+            message_id=prepared.message_id,
+            envelope_from=prepared.envelope_from,
+            relay=self.relay,
+            policy=policy.name,
+            outcomes=tuple(outcomes[r] for r in prepared.recipients),
+            elapsed_ms=elapsed_ms,
+        )
+        self._emit(report)
+        return report
+
+    def _checker(self) -> Callable[[str], CheckedAddress]:
+        a = self.policy.address
+        allow = frozenset(d.lower() for d in a.allow_domains)
+
+        def check(address: str) -> CheckedAddress:
+            return check_address(
+                address,
+                mode=a.mode,
+                check_deliverability=a.check_deliverability,
+                allow_domains=allow,
+            )
+
+        return check
+
+    def _deliver(
+        self,
+        prepared: PreparedMessage,
+        sender: CheckedAddress,
+        pending: list[_Pending],
+        *,
+        smtputf8: bool,
+        outcomes: dict[str, RecipientOutcome],
+    ) -> None:
+        policy = self.policy
+        relay = self._relays.get(self.settings.host, self.settings.port)
+        first_failure_at: float | None = None
+        todo = list(pending)
+
+        def attempt(info: AttemptInfo) -> _AttemptOutcome:
+            nonlocal todo, first_failure_at
+            if not relay.allow_attempt(policy.circuit, now=self._monotonic()):
+                # The relay is down: defer at once, spending no attempt (DESIGN.md §4).
+                for p in todo:
+                    p.verdict, p.text = _CIRCUIT_OPEN, "circuit open: relay recently unreachable"
+                    p.decision = Decision(
+                        action="defer", rule="circuit-open", retry=True, suppress=False
+                    )
+                todo = []
+                return _AttemptOutcome(_DONE)
+            if self._fixed_timeout is None and info.timeout > 0:
+                self._session.settings = replace(self.settings, timeout=info.timeout)
+            self._run_attempt(prepared, sender, todo, smtputf8=smtputf8, relay=relay)
+            if first_failure_at is None and any(
+                p.decision and p.decision.action != "deliver" for p in todo
+            ):
+                first_failure_at = self._clock()
+            again = [p for p in todo if p.decision is not None and p.decision.inline]
+            announced = [
+                p.verdict.retry_after for p in again if p.verdict and p.verdict.retry_after
+            ]
+            todo = again
+            if again:
+                return _AttemptOutcome(_RETRY, max(announced) if announced else None)
+            return _AttemptOutcome(_DONE)
+
+        InlineRetrier(
+            policy.inline,
+            clock=self._monotonic,
+            sleep=self._sleep,
+            rng=self._rng,
+            relay=relay,
+            budget=policy.budget,
+        ).run(attempt)
+        now = self._clock()
+        for p in pending:
+            outcomes[p.recipient] = self._finish(p, first_failure_at or now, now)
+
+    def _run_attempt(
+        self,
+        prepared: PreparedMessage,
+        sender: CheckedAddress,
+        todo: list[_Pending],
+        *,
+        smtputf8: bool,
+        relay: RelayState,
+    ) -> None:
+        """One attempt: as many transactions as rebatching needs, on one connection."""
+        policy = self.policy
+        batch = list(todo)
+        for p in todo:
+            p.attempts += 1
+        while batch:
+            try:
+                self._session.open()
+                if smtputf8 and not self._session.supports("smtputf8"):
+                    self._no_smtputf8(batch)
+                    return
+                results = self._session.transaction(
+                    prepared,
+                    sender.wire or prepared.envelope_from,
+                    [(p.recipient, p.wire) for p in batch],
+                    smtputf8=smtputf8,
+                )
+            except StageError as failure:
+                verdict = failure.verdict
+                if verdict.stage in _CONNECTION_STAGES or verdict.reason in _NETWORK_REASONS:
+                    relay.record_failure(policy.circuit, now=self._monotonic())
+                for p in batch:
+                    self._judge(p, RecipientResult(p.recipient, verdict, failure.text))
+                return
+            relay.record_connected()
+            by_recipient = {r.recipient: r for r in results}
+            rebatch: list[_Pending] = []
+            for p in batch:
+                result = by_recipient[p.recipient]
+                if result.rebatch and self._session.is_open:
+                    rebatch.append(p)
+                    continue
+                self._judge(p, result)
+            if rebatch and len(rebatch) == len(batch):
+                # The server took no recipient at all in that transaction: not a batch
+                # size problem. Let the policy decide (rebatch counts as retry).
+                for p in rebatch:
+                    self._judge(p, by_recipient[p.recipient])
+                return
+            batch = rebatch
+
+    def _no_smtputf8(self, batch: list[_Pending]) -> None:
+        verdict = Verdict(
+            code=None,
+            status=None,
+            kind="permanent",
+            reason="protocol_error",
+            retry=False,
+            suppress=False,
+            scope="message",
+            retry_after=None,
+            rule="local.smtputf8-not-offered",
+            stage="mail",
+        )
+        for p in batch:
+            p.verdict, p.text = (
+                verdict,
+                (
+                    f"{self.settings.host} does not offer SMTPUTF8, which this message needs "
+                    "(an internationalised address); nothing was sent"
+                ),
+            )
+            p.decision = Decision(action="bounce", rule="smtputf8", retry=False, suppress=False)
+
+    def _judge(self, p: _Pending, result: RecipientResult) -> None:
+        verdict = result.verdict
+        if verdict is None:  # pragma: no cover - every transaction result has a verdict
+            return
+        p.verdict, p.text, p.ambiguous = verdict, result.text, result.ambiguous
+        decision = self.policy.decide(
+            kind=verdict.kind,
+            reason=verdict.reason,
+            code=verdict.code,
+            status=verdict.status,
+            stage=verdict.stage,
+            text=result.text,
+            domain=p.wire.rpartition("@")[2],
+            attributed=verdict.attributed,
+        )
+        if result.ambiguous and decision.inline:
+            # DESIGN.md §1: an ambiguous failure is never retried inline, whatever the
+            # policy says; the queue retries it (at-least-once).
+            decision = replace(decision, action="defer")
+        p.decision = decision
+
+    def _finish(self, p: _Pending, first_failure_at: float, now: float) -> RecipientOutcome:
+        verdict, decision = p.verdict, p.decision
+        if verdict is None or decision is None:  # pragma: no cover - attempted at least once
+            raise AssertionError("recipient never attempted")
+        state: State
+        next_at = None
+        action = decision.action
+        if action == "deliver":
+            state = "delivered"
+        elif action in ("bounce", "suppress"):
+            state = "bounced"
+        elif action == "hold":
+            state = "held"
+            next_at = utc(now + self.policy.queue_for(p.wire.rpartition("@")[2]).hold_for)
+        else:
+            step = next_step(
+                self.policy,
+                decision,
+                first_failure_at=first_failure_at,
+                history=[now],
+                now=now,
+                retry_after=verdict.retry_after,
+                rng=self._rng,
+            )
+            if step.action == "bounce":
+                state = "bounced"
+            else:
+                state = "deferred"
+                at = step.next_attempt_at if step.next_attempt_at is not None else now
+                next_at = utc(at)
+        reason: Reason = verdict.reason
+        return RecipientOutcome(
+            recipient=p.recipient,
+            state=state,
+            reason=reason,
+            code=verdict.code,
+            status=verdict.status,
+            text=p.text,
+            attempts=p.attempts,
+            ambiguous=p.ambiguous,
+            next_attempt_at=next_at,
+            persisted=False,
+            rule=verdict.rule,
+            action=action,
+        )
+
+    def _emit(self, report: DeliveryReport) -> None:
+        for o in report.outcomes:
+            events.delivery(
+                o.state,
+                message_id=report.message_id,
+                recipient=events.show_recipient(o.recipient, self.recipient_style),
+                domain=o.recipient.rpartition("@")[2].lower(),
+                reason=o.reason,
+                code=o.code,
+                status=o.status,
+                attempts=o.attempts,
+                elapsed_ms=round(report.elapsed_ms, 3),
+                policy=report.policy,
+                server=report.relay,
+                ambiguous=o.ambiguous,
+                next_attempt_at=None
+                if o.next_attempt_at is None
+                else o.next_attempt_at.isoformat(),
+                persisted=o.persisted,
+                rule=o.rule,
+                action=o.action,
+            )

@@ -1,0 +1,347 @@
+"""One SMTP connection and the transactions on it: the only module that touches smtplib.
+
+Each failure is turned into a :class:`~mailpolicy.Verdict` at the stage it happened;
+the caller (the sender) applies the policy. Security rules enforced here (DESIGN.md §4,
+research/validation-security.md part B): verified TLS by default, STARTTLS required when
+asked for (no silent plaintext fallback), AUTH only over TLS unless explicitly allowed,
+finite timeouts, a fresh connection after 421 or a drop.
+"""
+
+from __future__ import annotations
+
+import functools
+import smtplib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal, TypeVar
+
+from ._classify import Verdict, classify, classify_error
+from ._message import PreparedMessage
+from ._vocab import Stage
+
+Security = Literal["starttls", "ssl", "none"]
+SECURITY_MODES: Final[tuple[Security, ...]] = ("starttls", "ssl", "none")
+
+T = TypeVar("T")
+
+
+@functools.cache
+def default_local_hostname() -> str:
+    """The EHLO name, looked up once per process (smtplib calls getfqdn() per
+    connection, which can take seconds on a machine without reverse DNS)."""
+    return socket.getfqdn()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionSettings:
+    """Where and how to connect. ``password`` is never shown (repr=False)."""
+
+    host: str
+    port: int
+    security: Security
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    timeout: float = 30.0
+    end_of_data_timeout: float = 600.0
+    local_hostname: str | None = None
+    allow_insecure_auth: bool = False
+
+    @property
+    def relay(self) -> str:
+        """The ``host:port`` retry budgets and circuits are kept for."""
+        return f"{self.host}:{self.port}"
+
+
+class StageError(Exception):
+    """A failure before any transaction could run (connect, greeting, EHLO, STARTTLS,
+    AUTH): it applies to every recipient of the attempt."""
+
+    def __init__(self, verdict: Verdict, text: str = "") -> None:
+        super().__init__(f"{verdict.stage}: {verdict.reason}")
+        self.verdict = verdict
+        self.text = text or str(verdict.reason)
+
+
+@dataclass(slots=True)
+class RecipientResult:
+    """What one transaction did for one recipient. ``verdict`` is the deciding reply
+    (success after the final dot, or the failure); ``ambiguous`` says the connection
+    broke after the final dot, before the reply (the message may have been accepted);
+    ``rebatch`` that the server asked for the recipient in a new transaction."""
+
+    recipient: str
+    verdict: Verdict | None = None
+    text: str = ""
+    ambiguous: bool = False
+    rebatch: bool = False
+
+
+def _reply_text(code: int, message: bytes | str) -> str:
+    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+    return f"{code} {text}" if code > 0 else text
+
+
+def _verdict(code: int, message: bytes | str, stage: Stage, host: str) -> tuple[Verdict, str]:
+    text = _reply_text(code, message)
+    return classify(text, stage=stage, host=host), text
+
+
+def _lost(exc: BaseException, stage: Stage) -> Verdict:
+    """A dropped connection; a socket timeout hides behind SMTPServerDisconnected."""
+    cause = exc.__context__ if isinstance(exc, smtplib.SMTPServerDisconnected) else None
+    return classify_error(cause if isinstance(cause, TimeoutError) else exc, stage=stage)
+
+
+class Session:
+    """An SMTP connection that opens on first need and is discarded after 421 or a drop.
+
+    ``connection`` may be an already open ``smtplib.SMTP`` (the Django backend hands
+    over its own); it is then used as it is.
+    """
+
+    def __init__(self, settings: ConnectionSettings, connection: smtplib.SMTP | None = None):
+        self.settings = settings
+        self.connection = connection
+        self._fresh = connection is None
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection is not None and getattr(self.connection, "sock", None) is not None
+
+    def supports(self, extension: str) -> bool:
+        return self.connection is not None and self.connection.has_extn(extension)
+
+    def close(self, *, polite: bool = True) -> None:
+        """QUIT (when ``polite`` and the server is still there) and forget the socket."""
+        conn, self.connection = self.connection, None
+        if conn is None:
+            return
+        try:
+            if polite and getattr(conn, "sock", None) is not None:
+                conn.quit()
+        except (smtplib.SMTPException, OSError):
+            pass  # a server gone during QUIT changes nothing (flask-mail#139)
+        finally:
+            conn.close()
+
+    def _step(self, stage: Stage, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except smtplib.SMTPResponseException as exc:
+            self.close(polite=False)
+            text = _reply_text(exc.smtp_code, exc.smtp_error)
+            raise StageError(classify_error(exc, stage=stage), text) from exc
+        except (smtplib.SMTPException, OSError, ValueError) as exc:
+            self.close(polite=False)
+            raise StageError(_lost(exc, stage), f"{type(exc).__name__}: {exc}") from exc
+
+    def open(self) -> None:
+        """Connect, read the greeting, EHLO, STARTTLS, EHLO again, AUTH, as configured.
+        Raises :class:`StageError` naming the stage that failed."""
+        if self.is_open:
+            return
+        s = self.settings
+        local = s.local_hostname or default_local_hostname()
+        context = s.ssl_context or ssl.create_default_context()
+        conn: smtplib.SMTP
+        if s.security == "ssl":
+            conn = self._step(
+                "connect",
+                lambda: smtplib.SMTP_SSL(
+                    s.host, s.port, local_hostname=local, timeout=s.timeout, context=context
+                ),
+            )
+        else:
+            # smtplib.SMTP(host) connects and reads the greeting; a non-220 greeting is
+            # SMTPConnectError with the server's reply.
+            conn = self._step(
+                "connect", lambda: smtplib.SMTP(s.host, s.port, local, timeout=s.timeout)
+            )
+        self.connection = conn
+        self._fresh = True
+        self._ehlo(conn)
+        if s.security == "starttls":
+            if not conn.has_extn("starttls"):
+                self.close()
+                why = "STARTTLS is required (security='starttls') but the server does not offer it"
+                raise StageError(
+                    classify_error(smtplib.SMTPNotSupportedError(why), stage="starttls"), why
+                )
+            self._step("starttls", lambda: conn.starttls(context=context))
+            self._ehlo(conn)
+        if s.username is not None:
+            self._auth(conn)
+
+    def _ehlo(self, conn: smtplib.SMTP) -> None:
+        code, reply = self._step("ehlo", conn.ehlo)
+        if not 200 <= code < 300:
+            code, reply = self._step("ehlo", conn.helo)
+        if not 200 <= code < 300:
+            verdict, text = _verdict(code, reply, "ehlo", self.settings.host)
+            self.close(polite=code != 421)
+            raise StageError(verdict, text)
+
+    def _auth(self, conn: smtplib.SMTP) -> None:
+        s = self.settings
+        tls = isinstance(conn.sock, ssl.SSLSocket)
+        if not tls and not s.allow_insecure_auth:
+            # Checked when the Sender is built too; this guards handed-over connections.
+            self.close()
+            why = "AUTH over a plaintext connection refused (allow_insecure_auth is off)"
+            raise StageError(classify_error(smtplib.SMTPNotSupportedError(why), stage="auth"), why)
+        username, password = s.username or "", s.password or ""
+        self._step("auth", lambda: conn.login(username, password))
+
+    def transaction(
+        self,
+        message: PreparedMessage,
+        envelope_from: str,
+        recipients: Sequence[tuple[str, str]],
+        *,
+        smtputf8: bool,
+    ) -> list[RecipientResult]:
+        """MAIL, RCPT per recipient, DATA to the accepted ones; one result per
+        ``(recipient, wire address)`` pair, in order. Opens the connection if needed
+        (raising :class:`StageError` if that fails); a reused connection that turns
+        out to be closed is reopened once, transparently."""
+        self.open()
+        try:
+            return self._transaction(message, envelope_from, recipients, smtputf8=smtputf8)
+        except _StaleConnectionError:
+            self.close(polite=False)
+            self.open()
+            return self._transaction(message, envelope_from, recipients, smtputf8=smtputf8)
+
+    def _transaction(
+        self,
+        message: PreparedMessage,
+        envelope_from: str,
+        recipients: Sequence[tuple[str, str]],
+        *,
+        smtputf8: bool,
+    ) -> list[RecipientResult]:
+        conn = self.connection
+        if conn is None:  # open() just succeeded; this only narrows the type
+            raise _StaleConnectionError
+        host = self.settings.host
+        results = [RecipientResult(recipient=r) for r, _ in recipients]
+        fresh, self._fresh = self._fresh, False
+
+        options: list[str] = []
+        if smtputf8:
+            options.append("SMTPUTF8")
+        if message.eight_bit and conn.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if conn.has_extn("size"):
+            options.append(f"SIZE={len(message.data)}")
+
+        def fail_all(verdict: Verdict, text: str, targets: Sequence[RecipientResult]) -> None:
+            for r in targets:
+                r.verdict, r.text = verdict, text
+
+        # --- MAIL FROM
+        try:
+            code, reply = conn.mail(envelope_from, options)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if not fresh:
+                raise _StaleConnectionError from exc  # an idle pooled connection timed out
+            self.close(polite=False)
+            fail_all(_lost(exc, "mail"), str(exc), results)
+            return results
+        if not 200 <= code < 300:
+            verdict, text = _verdict(code, reply, "mail", host)
+            fail_all(verdict, text, results)
+            self._after_failure(code)
+            return results
+
+        # --- RCPT TO, one by one (RFC 5321: replies are per recipient)
+        accepted: list[RecipientResult] = []
+        for i, (result, (_, wire)) in enumerate(zip(results, recipients, strict=True)):
+            try:
+                code, reply = conn.rcpt(wire, [])
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self.close(polite=False)
+                fail_all(_lost(exc, "rcpt"), str(exc), results[i:] + accepted)
+                return results
+            if 200 <= code < 300:
+                accepted.append(result)
+                continue
+            verdict, text = _verdict(code, reply, "rcpt", host)
+            if verdict.reason == "too_many_recipients":
+                # RFC 5321 §4.5.3.1.10: send the rest in a new transaction.
+                for r in results[i:]:
+                    r.rebatch, r.verdict, r.text = True, verdict, text
+                break
+            result.verdict, result.text = verdict, text
+            if code == 421:
+                self.close(polite=False)
+                fail_all(verdict, text, results[i + 1 :] + accepted)
+                return results
+        if not accepted:
+            self._reset()
+            return results
+
+        # --- DATA, the message, and the reply after the final dot
+        try:
+            code, reply = conn.docmd("DATA")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self.close(polite=False)
+            fail_all(_lost(exc, "data"), str(exc), accepted)
+            return results
+        if code != 354:
+            verdict, text = _verdict(code, reply, "data", host)
+            fail_all(verdict, text, accepted)
+            self._after_failure(code)
+            return results
+        try:
+            conn.send(message.wire_data)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # The final dot did not get through: nothing can have been accepted.
+            self.close(polite=False)
+            fail_all(_lost(exc, "data"), str(exc), accepted)
+            return results
+        sock = conn.sock
+        try:
+            if sock is not None:
+                sock.settimeout(self.settings.end_of_data_timeout)
+            code, reply = conn.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            # RFC 5321 §4.5.3.2.6, §6.1: after the final dot the server may have taken
+            # the message. Ambiguous: never retried inline.
+            self.close(polite=False)
+            verdict = _lost(exc, "end_of_data")
+            for r in accepted:
+                r.verdict, r.text, r.ambiguous = verdict, str(exc), True
+            return results
+        finally:
+            if conn.sock is not None:
+                conn.sock.settimeout(self.settings.timeout)
+        verdict, text = _verdict(code, reply, "end_of_data", host)
+        fail_all(verdict, text, accepted)
+        if not 200 <= code < 300:
+            self._after_failure(code)
+        return results
+
+    def _after_failure(self, code: int) -> None:
+        if code == 421:
+            self.close(polite=False)  # RFC 5321 §3.8: the server is closing the channel
+        else:
+            self._reset()
+
+    def _reset(self) -> None:
+        conn = self.connection
+        if conn is None:
+            return
+        try:
+            code, _ = conn.rset()
+        except (smtplib.SMTPException, OSError):
+            code = 0
+        if code != 250:
+            self.close(polite=False)
+
+
+class _StaleConnectionError(Exception):
+    """A reused connection was found closed before MAIL FROM."""

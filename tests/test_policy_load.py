@@ -1,0 +1,195 @@
+"""Loading policies: shipped ones by name, files by path, ``extends``, strict errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mailpolicy import InvalidInputError, PolicyError
+from mailpolicy._policy import Policy
+from mailpolicy._policy_load import (
+    check_policy_files,
+    load_policy,
+    shipped_policies_dir,
+    shipped_policy_names,
+)
+
+BROKEN = Path(__file__).parent / "policies_broken"
+EXPECTED: dict[str, str] = tomllib.loads((BROKEN / "expected.toml").read_text("utf-8"))
+BROKEN_FILES = sorted(p.stem for p in BROKEN.glob("*.toml") if p.name != "expected.toml")
+SHIPPED = ("default", "transactional", "bulk")
+
+MINIMAL = """\
+schema = 1
+name = "{name}"
+{extra}
+[queue]
+schedule = "s"
+
+[schedules.s]
+stages = [ {{ every = "10m" }} ]
+
+[[rules]]
+name = "all"
+when = {{}}
+action = "retry"
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text, "utf-8")
+    return path
+
+
+def test_the_shipped_policies_are_the_three_the_issue_names() -> None:
+    assert set(SHIPPED) <= set(shipped_policy_names())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_each_shipped_policy_loads_and_explains_its_choices(name: str) -> None:
+    policy = load_policy(name)
+    assert policy.name == name
+    assert len(policy.description) > 200, "the description must explain the policy's choices"
+    assert policy.rules[-1].when.is_catch_all
+    assert policy.queue.schedule in policy.schedules
+    assert policy.queue.end_of_data_timeout == 600  # RFC 5321 §4.5.3.2.6
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_loading_a_shipped_policy_by_path_gives_the_same_policy(name: str) -> None:
+    by_path = load_policy(Path(str(shipped_policies_dir() / f"{name}.toml")))
+    assert by_path.rules == load_policy(name).rules
+    assert by_path.inline == load_policy(name).inline
+
+
+def test_a_policy_is_immutable() -> None:
+    policy = load_policy("default")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.name = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        policy.schedules["new"] = policy.schedules["standard"]  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.inline.max_attempts = 9  # type: ignore[misc]
+
+
+def test_the_shipped_numbers_are_what_the_docs_say() -> None:
+    default, transactional, bulk = (load_policy(n) for n in SHIPPED)
+    assert (default.inline.max_attempts, default.inline.deadline) == (3, 15.0)
+    assert default.queue.give_up_after == 5 * 86400
+    assert (transactional.inline.max_attempts, transactional.queue.give_up_after) == (4, 86400)
+    assert (bulk.inline.max_attempts, bulk.queue.give_up_after) == (1, 3 * 86400)
+    assert bulk.circuit.open_after == 2
+    # Inherited from default, untouched by bulk.
+    assert bulk.budget == default.budget
+    assert transactional.budget.capacity == 20
+    assert transactional.budget.retry_cost == default.budget.retry_cost
+
+
+def test_extends_puts_child_rules_first_and_replaces_same_named_ones() -> None:
+    bulk, default = load_policy("bulk"), load_policy("default")
+    names = [r.name for r in bulk.rules]
+    assert names[:3] == ["provider-rate-limit", "yahoo-deferral", "service-closing"]
+    assert names.count("service-closing") == 1
+    assert [n for n in names if n not in names[:3]] == [
+        r.name for r in default.rules if r.name != "service-closing"
+    ]
+    assert bulk.rules[2].action == "defer"  # bulk's own, not default's retry
+
+
+def test_extends_a_file_relative_to_the_child(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "base",
+        MINIMAL.format(name="base", extra='[inline]\nmax_attempts = 5\ndeadline = "30s"\n'),
+    )
+    child = write(
+        tmp_path,
+        "child",
+        'schema = 1\nname = "child"\nextends = "base.toml"\n[inline]\nmax_attempts = 2\n',
+    )
+    policy = load_policy(child)
+    assert policy.inline.max_attempts == 2  # the child's key
+    assert policy.inline.deadline == 30.0  # the parent's key, merged one level deep
+    assert policy.extends == "base.toml"
+
+
+def test_an_error_in_a_merged_whole_names_the_file_being_loaded(tmp_path: Path) -> None:
+    write(tmp_path, "base", MINIMAL.format(name="base", extra='[inline]\ndeadline = "5s"\n'))
+    child = write(
+        tmp_path,
+        "child",
+        'schema = 1\nname = "child"\nextends = "base.toml"\n[inline]\nattempt_timeout = "8s"\n',
+    )
+    with pytest.raises(PolicyError) as caught:
+        load_policy(child)
+    assert caught.value.source == str(child)
+    assert caught.value.path == "inline.attempt_timeout"
+
+
+def test_a_destination_inherits_and_overrides(tmp_path: Path) -> None:
+    policy = load_policy("transactional")
+    internal = policy.destination_for("mail.corp.example")
+    assert internal is not None
+    assert internal.inline.max_attempts == 6
+    assert internal.inline.deadline == policy.inline.deadline
+    assert not internal.suppression.enabled
+    assert policy.destination_for("corp.example") is internal
+    assert policy.destination_for("notcorp.example") is None
+    assert policy.destination_for("CORP.EXAMPLE.") is internal
+
+
+def test_chains_longer_than_the_limit_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, "p0", MINIMAL.format(name="p0", extra=""))
+    for i in range(1, 5):
+        write(tmp_path, f"p{i}", f'schema = 1\nname = "p{i}"\nextends = "p{i - 1}.toml"\n')
+    assert load_policy(tmp_path / "p3.toml").name == "p3"
+    with pytest.raises(PolicyError, match="chains of more than 3 extends"):
+        load_policy(tmp_path / "p4.toml")
+
+
+def test_load_policy_refuses_unknown_names_and_wrong_types() -> None:
+    with pytest.raises(PolicyError, match="no shipped policy named 'nosuch'"):
+        load_policy("nosuch")
+    with pytest.raises(InvalidInputError):
+        load_policy(3)  # type: ignore[arg-type]
+
+
+def test_a_missing_file_is_a_policy_error(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read the file"):
+        load_policy(tmp_path / "absent.toml")
+
+
+def test_every_broken_policy_is_listed_with_its_error() -> None:
+    assert sorted(EXPECTED) == BROKEN_FILES
+
+
+@pytest.mark.parametrize("stem", BROKEN_FILES)
+def test_each_broken_policy_fails_with_its_exact_error(
+    stem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(BROKEN)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(f"{stem}.toml")
+    assert str(caught.value) == EXPECTED[stem]
+    assert isinstance(caught.value, ValueError)
+
+
+def test_check_policy_files_reports_one_error_per_bad_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(BROKEN)
+    good = str(shipped_policies_dir() / "default.toml")
+    errors = check_policy_files([good, "unknown-key.toml", "wrong-type.toml"])
+    assert [str(e) for e in errors] == [EXPECTED["unknown-key"], EXPECTED["wrong-type"]]
+
+
+def test_a_policy_file_can_be_minimal(tmp_path: Path) -> None:
+    policy = load_policy(write(tmp_path, "tiny", MINIMAL.format(name="tiny", extra="")))
+    assert isinstance(policy, Policy)
+    assert policy.inline.max_attempts == 3
+    assert policy.budget.capacity == 50
+    assert policy.address.mode == "syntax"

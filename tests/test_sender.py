@@ -1,0 +1,382 @@
+"""The Sender end to end against mailpolicy.testing's real SMTP server on loopback.
+
+Each test asserts the outcomes AND what reached the wire: no duplicate delivery to an
+accepted recipient, no RCPT for an invalid address, the exact bytes received. Time is a
+FakeClock, so inline retries are checked without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import structlog
+
+from mailpolicy._relaystate import RelayRegistry
+from mailpolicy._sender import Sender
+from mailpolicy.testing import DROP, FakeClock, SMTPTestServer, unused_port
+
+Factory = Callable[..., SMTPTestServer]
+
+
+def message(*to: str, frm: str = "app@example.com", body: str = "Hello.\n") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = frm
+    m["To"] = ", ".join(to)
+    m["Subject"] = "Test"
+    m.set_content(body)
+    return m
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sender_for(clock: FakeClock) -> Iterator[Callable[..., Sender]]:
+    """Senders bound to a server, a fake clock, deterministic jitter (the full delay) and
+    their own relay registry; closed at the end."""
+    made: list[Sender] = []
+    relays = RelayRegistry()
+
+    def make(server: SMTPTestServer | None = None, **kw: Any) -> Sender:
+        kw.setdefault("security", "none")
+        host, port = (server.host, server.port) if server else ("127.0.0.1", unused_port())
+        s = Sender(
+            kw.pop("host", host),
+            kw.pop("port", port),
+            clock=clock.time,
+            monotonic=clock.now,
+            sleep=clock.sleep,
+            rng=lambda: 1.0,
+            relays=kw.pop("relays", relays),
+            local_hostname="client.test",
+            **kw,
+        )
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def states(report: Any) -> dict[str, tuple[str, str]]:
+    return {o.recipient: (o.state, o.reason) for o in report.outcomes}
+
+
+# --- the happy path and what goes on the wire -------------------------------------------
+
+
+def test_delivers_and_the_bytes_arrive_intact(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    m = message("ann@example.org", body="line one\n.starts with a dot\nlast\n")
+    m["Bcc"] = "hidden@example.org"
+    report = sender_for(smtp_server).send(m)
+    assert states(report) == {
+        "ann@example.org": ("delivered", "delivered"),
+        "hidden@example.org": ("delivered", "delivered"),
+    }
+    assert [o.attempts for o in report.outcomes] == [1, 1]
+    (received,) = smtp_server.messages
+    assert received.mail_from == "app@example.com"
+    assert received.rcpt_tos == ("ann@example.org", "hidden@example.org")
+    assert b"Bcc" not in received.data
+    assert b"hidden@" not in received.data
+    assert b"\r\n..starts with a dot\r\n" in received.wire_data
+    assert received.parsed()["Message-ID"] == report.message_id
+    assert b"\n" not in received.data.replace(b"\r\n", b"")
+
+
+def test_connection_reused_across_sends_and_opened_lazily(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    with sender_for(smtp_server) as s:
+        assert smtp_server.connections == 0  # entering opens nothing
+        for i in range(3):
+            s.send(message(f"u{i}@example.org"))
+    assert smtp_server.connections == 1
+    assert len(smtp_server.messages) == 3
+
+
+def test_all_invalid_means_no_connection(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    report = sender_for(smtp_server).send(message("two@@example.org", "no-at-sign"))
+    assert [o.state for o in report.outcomes] == ["invalid", "invalid"]
+    assert [o.reason for o in report.outcomes] == ["mailbox_name_invalid"] * 2
+    assert smtp_server.connections == 0
+
+
+def test_invalid_recipient_never_named_in_a_command(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    evil = "a@x.org\r\nRCPT TO:<evil@example.org>"
+    report = sender_for(smtp_server).send(
+        message("ann@example.org"), recipients=["ann@example.org", evil, "b@@x.org"]
+    )
+    assert states(report)["ann@example.org"] == ("delivered", "delivered")
+    assert states(report)[evil][0] == "invalid"
+    assert smtp_server.rcpt_addresses() == ["ann@example.org"]
+
+
+# --- 421 and drops at every stage: retried inline on a fresh connection --------------------
+
+
+@pytest.mark.parametrize("stage", ["greeting", "ehlo", "mail", "rcpt", "data"])
+@pytest.mark.parametrize("fault", ["421 4.3.2 Service shutting down", DROP])
+def test_421_or_drop_before_the_final_dot_is_retried_inline(
+    stage: str,
+    fault: object,
+    smtp_server: SMTPTestServer,
+    sender_for: Callable[..., Sender],
+    clock: FakeClock,
+) -> None:
+    """The connection is discarded, a new one opened after the policy's backoff (1 s
+    with the default policy), and the message delivered exactly once."""
+    smtp_server.script.on(stage, fault)  # type: ignore[arg-type]
+    report = sender_for(smtp_server).send(message("ann@example.org"))
+    (o,) = report.outcomes
+    assert (o.state, o.attempts) == ("delivered", 2)
+    assert clock.sleeps == [1.0]
+    assert smtp_server.connections == 2
+    assert smtp_server.delivered_to("ann@example.org") == 1
+
+
+def test_421_after_the_final_dot_is_retried(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """A 421 reply after the dot is an answer: the server did not take the message."""
+    smtp_server.script.end_of_data("421 4.3.2 Shutting down")
+    report = sender_for(smtp_server).send(message("ann@example.org"))
+    assert report.outcomes[0].state == "delivered"
+    assert smtp_server.delivered_to("ann@example.org") == 1
+
+
+def test_drop_after_the_final_dot_is_ambiguous_and_not_retried_inline(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    smtp_server.script.end_of_data(DROP)
+    report = sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    for o in report.outcomes:
+        assert (o.state, o.ambiguous, o.attempts, o.persisted) == ("deferred", True, 1, False)
+        assert o.next_attempt_at is not None
+    assert clock.sleeps == []
+    assert smtp_server.connections == 1
+    (received,) = smtp_server.messages
+    assert received.dropped
+
+
+def test_421_storm_defers_after_the_inline_budget(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    """Three attempts (the default policy's max_attempts), backoff 1 s then 2 s, then
+    deferred - never bounced - with a next attempt from the queue schedule."""
+    smtp_server.script.greeting(*["421 4.7.0 Too many connections"] * 5)
+    report = sender_for(smtp_server).send(message("ann@example.org"))
+    (o,) = report.outcomes
+    assert (o.state, o.reason, o.attempts, o.code) == ("deferred", "rate_limited", 3, 421)
+    assert clock.sleeps == [1.0, 2.0]
+    assert o.next_attempt_at is not None
+    assert smtp_server.messages == []
+
+
+# --- per-recipient truth ---------------------------------------------------------------------
+
+
+def test_partial_acceptance(smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]) -> None:
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    report = sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    assert states(report) == {
+        "ann@example.org": ("delivered", "delivered"),
+        "bob@example.org": ("bounced", "mailbox_unknown"),
+    }
+    bob = report.outcomes[1]
+    assert (bob.code, bob.status, bob.action) == (550, "5.1.1", "suppress")
+    assert "User unknown" in bob.text
+    assert smtp_server.messages[0].rcpt_tos == ("ann@example.org",)
+
+
+def test_greylisting_defers_past_the_announced_delay(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    smtp_server.script.rcpt("ann@example.org", "450 4.2.0 Greylisted, try again in 300 seconds")
+    report = sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    ann = report.outcomes[0]
+    assert (ann.state, ann.reason, ann.attempts) == ("deferred", "greylisted", 1)
+    assert ann.next_attempt_at is not None
+    assert ann.next_attempt_at.timestamp() >= clock.time() + 300
+    assert clock.sleeps == []  # greylisting is not retried inline
+    assert smtp_server.delivered_to("bob@example.org") == 1
+
+
+def test_transient_rcpt_failure_retries_only_that_recipient(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    smtp_server.script.rcpt("bob@example.org", "451 4.3.0 Temporary lookup failure", "250 OK")
+    report = sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    assert [o.state for o in report.outcomes] == ["delivered", "delivered"]
+    assert [o.attempts for o in report.outcomes] == [1, 2]
+    assert smtp_server.delivered_to("ann@example.org") == 1
+    assert smtp_server.delivered_to("bob@example.org") == 1
+
+
+def test_too_many_recipients_sends_the_rest_in_new_transactions(
+    smtp_server_factory: Factory, sender_for: Callable[..., Sender]
+) -> None:
+    server = smtp_server_factory(max_recipients=2)
+    rcpts = [f"u{i}@example.org" for i in range(5)]
+    report = sender_for(server).send(message(*rcpts))
+    assert [o.state for o in report.outcomes] == ["delivered"] * 5
+    assert [m.rcpt_tos for m in server.messages] == [
+        ("u0@example.org", "u1@example.org"),
+        ("u2@example.org", "u3@example.org"),
+        ("u4@example.org",),
+    ]
+    assert server.connections == 1
+
+
+def test_mail_from_refused_names_no_recipient(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    smtp_server.script.mail("553 5.1.8 <app@example.com>: Sender address rejected")
+    report = sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    assert [(o.state, o.reason) for o in report.outcomes] == [("bounced", "sender_rejected")] * 2
+    assert [o.action for o in report.outcomes] == ["bounce", "bounce"]  # never suppress
+    assert smtp_server.rcpt_addresses() == []
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply", "reason"),
+    [
+        ("data", "554 5.5.1 Error: no valid recipients", "protocol_error"),
+        ("end_of_data", "554 5.7.1 Message rejected as spam", "content_rejected"),
+        ("end_of_data", "552 5.3.4 Message size exceeds fixed limit", "message_too_large"),
+    ],
+)
+def test_permanent_failure_at_data_bounces_the_message(
+    stage: str,
+    reply: str,
+    reason: str,
+    smtp_server: SMTPTestServer,
+    sender_for: Callable[..., Sender],
+) -> None:
+    smtp_server.script.on(stage, reply)  # type: ignore[arg-type]
+    report = sender_for(smtp_server).send(message("ann@example.org"))
+    (o,) = report.outcomes
+    assert (o.state, o.reason, o.action) == ("bounced", reason, "bounce")
+    assert smtp_server.delivered_to("ann@example.org") == 0
+
+
+def test_an_accepted_recipient_is_never_sent_the_message_again(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """ann is accepted after the dot; bob's RCPT fails transiently; the retry names only
+    bob."""
+    smtp_server.script.rcpt("bob@example.org", "451 4.3.0 Local error, try later", "250 OK")
+    sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    assert [m.rcpt_tos for m in smtp_server.messages] == [
+        ("ann@example.org",),
+        ("bob@example.org",),
+    ]
+
+
+# --- SMTPUTF8 --------------------------------------------------------------------------------
+
+
+def test_smtputf8_address_goes_out_when_offered(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    report = sender_for(smtp_server).send(
+        message("ann@example.org"), recipients=["用户@example.org"]
+    )
+    assert report.outcomes[0].state == "delivered"
+    (received,) = smtp_server.messages
+    assert "SMTPUTF8" in [o.upper() for o in received.mail_options]
+    assert received.rcpt_tos == ("用户@example.org",)
+
+
+def test_smtputf8_address_fails_locally_when_not_offered(
+    smtp_server_factory: Factory, sender_for: Callable[..., Sender]
+) -> None:
+    server = smtp_server_factory(smtputf8=False)
+    report = sender_for(server).send(message("ann@example.org"), recipients=["用户@example.org"])
+    (o,) = report.outcomes
+    assert (o.state, o.reason) == ("bounced", "protocol_error")
+    assert "SMTPUTF8" in o.text
+    assert not [e for e in server.transcript if e.stage == "mail"]
+
+
+# --- the relay is down: refused connections, the circuit ---------------------------------
+
+
+def test_connection_refused_defers_then_opens_the_circuit(
+    sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    s = sender_for(None)
+    report = s.send(message("ann@example.org"))
+    (o,) = report.outcomes
+    assert (o.state, o.reason, o.attempts) == ("deferred", "network_error", 3)
+    assert clock.sleeps == [1.0, 2.0]
+    # Three consecutive connection failures opened the circuit: the next send defers at
+    # once, without connecting or sleeping.
+    again = s.send(message("bob@example.org")).outcomes[0]
+    assert (again.state, again.rule, again.attempts) == ("deferred", "circuit.open", 0)
+    assert clock.sleeps == [1.0, 2.0]
+
+
+# --- failures of our own configuration are held, never bounced ----------------------------
+
+
+def test_relay_denied_is_held_with_an_error_event(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    smtp_server.script.rcpt("554 5.7.1 <ann@example.org>: Relay access denied")
+    with structlog.testing.capture_logs() as logs:
+        report = sender_for(smtp_server).send(message("ann@example.org"))
+    (o,) = report.outcomes
+    assert (o.state, o.reason, o.action) == ("held", "relay_denied", "hold")
+    assert o.next_attempt_at is not None
+    (event,) = [e for e in logs if e["event"] == "mail.delivery"]
+    assert event["log_level"] == "error"
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+def test_one_delivery_event_per_recipient_masked(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 User unknown")
+    with structlog.testing.capture_logs() as logs:
+        report = sender_for(smtp_server).send(
+            message("ann@example.org", "bob@example.org", "bad@@x")
+        )
+    events = [e for e in logs if e["event"] == "mail.delivery"]
+    assert [e["recipient"] for e in events] == ["a***@example.org", "b***@example.org", "b***@x"]
+    assert [e["state"] for e in events] == ["delivered", "bounced", "invalid"]
+    for e in events:
+        assert e["message_id"] == report.message_id
+        assert e["policy"] == "default"
+        assert e["server"] == smtp_server.address
+        for key in ("domain", "reason", "code", "status", "attempts", "elapsed_ms",
+                    "ambiguous", "next_attempt_at"):  # fmt: skip
+            assert key in e
+    assert "ann@example.org" not in repr(logs)
+
+
+def test_full_and_hash_recipient_styles(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        sender_for(smtp_server, recipient_style="full").send(message("ann@example.org"))
+        sender_for(smtp_server, recipient_style="hash").send(message("ann@example.org"))
+    full, hashed = [e["recipient"] for e in logs if e["event"] == "mail.delivery"]
+    assert full == "ann@example.org"
+    assert hashed.startswith("sha256:")
+    assert hashed.endswith("@example.org")
+    assert "ann" not in hashed

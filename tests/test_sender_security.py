@@ -1,0 +1,186 @@
+"""Security by default (research/validation-security.md part B): verified TLS, no
+silent plaintext fallback, no AUTH over plaintext, no secrets anywhere, no injection."""
+
+from __future__ import annotations
+
+import ssl
+import traceback
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage, Message
+
+import pytest
+import structlog
+
+from mailpolicy import ConfigurationError, MessageError
+from mailpolicy._relaystate import RelayRegistry
+from mailpolicy._sender import Sender
+from mailpolicy.testing import FakeClock, SMTPTestServer, TLSFiles
+
+Factory = Callable[..., SMTPTestServer]
+PASSWORD = "s3cr3t-Pa55"  # noqa: S105 - a test credential
+
+
+def message(to: str = "ann@example.org") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "app@example.com"
+    m["To"] = to
+    m["Subject"] = "Test"
+    m.set_content("Hello.\n")
+    return m
+
+
+_OPEN: list[Sender] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_senders() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
+def sender(server: SMTPTestServer, **kw: object) -> Sender:
+    clock = FakeClock()
+    s = Sender(
+        "localhost",
+        server.port,
+        clock=clock.time,
+        monotonic=clock.now,
+        sleep=clock.sleep,
+        relays=RelayRegistry(),
+        local_hostname="client.test",
+        **kw,  # type: ignore[arg-type]
+    )
+    _OPEN.append(s)
+    return s
+
+
+def mail_commands(server: SMTPTestServer) -> list[str]:
+    return [e.command for e in server.transcript if e.stage in {"mail", "rcpt", "data"}]
+
+
+def test_starttls_with_a_verified_certificate(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(starttls=True)
+    report = sender(server, ssl_context=server.client_ssl_context()).send(message())
+    assert report.outcomes[0].state == "delivered"
+    assert server.messages[0].tls
+
+
+@pytest.mark.parametrize(
+    "certificate",
+    [TLSFiles.self_signed, lambda: TLSFiles.wrong_host("wrong.example")],
+    ids=["self-signed", "wrong-host"],
+)
+def test_untrusted_certificate_is_refused_before_mail(
+    smtp_server_factory: Factory, certificate: Callable[[], TLSFiles]
+) -> None:
+    """Verified by default: the system trust store (which does not know the test CA) or
+    the test CA for the wrong host name. Held (our configuration), nothing sent."""
+    server = smtp_server_factory(tls=certificate(), starttls=True)
+    context = None if certificate is TLSFiles.self_signed else server.client_ssl_context()
+    report = sender(server, ssl_context=context).send(message())
+    o = report.outcomes[0]
+    assert (o.state, o.reason, o.action) == ("held", "tls_failed", "hold")
+    assert mail_commands(server) == []
+    assert server.messages == []
+
+
+def test_default_context_does_not_trust_an_unknown_ca(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(starttls=True)
+    report = sender(server).send(message())  # ssl.create_default_context(): system roots
+    assert report.outcomes[0].reason == "tls_failed"
+    assert mail_commands(server) == []
+
+
+def test_no_silent_plaintext_fallback(smtp_server: SMTPTestServer) -> None:
+    """security="starttls" (the default) and a server without STARTTLS: held."""
+    report = sender(smtp_server).send(message())
+    o = report.outcomes[0]
+    assert (o.state, o.reason) == ("held", "tls_failed")
+    assert "STARTTLS" in o.text
+    assert mail_commands(smtp_server) == []
+
+
+def test_implicit_tls_verified(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(implicit_tls=True)
+    ok = sender(server, security="ssl", ssl_context=server.client_ssl_context()).send(message())
+    assert ok.outcomes[0].state == "delivered"
+    refused = sender(server, security="ssl").send(message())
+    assert refused.outcomes[0].reason == "tls_failed"
+    assert len(server.messages) == 1
+
+
+def test_plaintext_auth_refused_when_the_sender_is_built() -> None:
+    with pytest.raises(ConfigurationError, match="allow_insecure_auth"):
+        Sender("localhost", 25, security="none", username="u", password=PASSWORD)
+
+
+def test_auth_over_tls_and_no_secret_anywhere(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(starttls=True, auth={"app": PASSWORD}, auth_required=True)
+    s = sender(server, ssl_context=server.client_ssl_context(), username="app", password=PASSWORD)
+    with structlog.testing.capture_logs() as logs:
+        report = s.send(message())
+    assert report.outcomes[0].state == "delivered"
+    assert server.messages[0].auth_login == "app"
+    assert PASSWORD not in repr(s)
+    assert PASSWORD not in repr(s.settings)
+    assert PASSWORD not in repr(logs)
+    assert PASSWORD not in repr(report)
+    assert PASSWORD not in "".join(e.command for e in server.transcript)
+
+
+def test_wrong_password_is_held_and_not_leaked(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(starttls=True, auth={"app": "right-one"})
+    s = sender(server, ssl_context=server.client_ssl_context(), username="app", password=PASSWORD)
+    with structlog.testing.capture_logs() as logs:
+        report = s.send(message())
+    o = report.outcomes[0]
+    assert (o.state, o.reason) == ("held", "auth_failed")
+    assert PASSWORD not in repr(logs) + repr(report) + o.text
+    assert mail_commands(server) == []
+
+
+def test_insecure_auth_only_when_explicitly_allowed(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(auth={"app": PASSWORD}, auth_require_tls=False)
+    s = sender(server, security="none", username="app", password=PASSWORD, allow_insecure_auth=True)
+    assert s.send(message()).outcomes[0].state == "delivered"
+
+
+def test_header_injection_is_a_programming_error(smtp_server: SMTPTestServer) -> None:
+    m = Message()
+    m["From"] = "app@example.com"
+    m["To"] = "ann@example.org"
+    m["Subject"] = "hi\r\nBcc: everyone@example.org"
+    m.set_payload("x")
+    with pytest.raises(MessageError):
+        sender(smtp_server, security="none").send(m)
+    assert smtp_server.connections == 0
+
+
+def test_smuggling_sequences_are_normalised(smtp_server: SMTPTestServer) -> None:
+    """A body carrying "\\n.\\r\\n" + a second SMTP transaction stays one message."""
+    m = Message()
+    m["From"] = "app@example.com"
+    m["To"] = "ann@example.org"
+    m.set_payload(
+        "hi\n.\r\nMAIL FROM:<evil@example.org>\r\nRCPT TO:<victim@example.org>\r\n"
+        "DATA\r\nx\r\n.\r\n"
+    )
+    report = sender(smtp_server, security="none").send(m)
+    assert report.outcomes[0].state == "delivered"
+    assert len(smtp_server.messages) == 1
+    assert smtp_server.rcpt_addresses() == ["ann@example.org"]
+    assert b"\r\n..\r\n" in smtp_server.messages[0].wire_data
+
+
+def test_errors_and_tracebacks_carry_no_password(smtp_server: SMTPTestServer) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Sender("localhost", 25, security="none", username="u", password=PASSWORD)
+    assert PASSWORD not in "".join(traceback.format_exception(info.value))
+
+
+def test_timeouts_are_finite() -> None:
+    s = Sender("localhost", 25, security="none")
+    assert 0 < s.settings.timeout < 60
+    assert 0 < s.settings.end_of_data_timeout <= 600
+    assert isinstance(ssl.create_default_context(), ssl.SSLContext)
