@@ -38,7 +38,6 @@ TIMED_ACTIONS: Final[frozenset[str]] = frozenset({"retry", "defer", "throttle"})
 TEXT_SCAN: Final = 8192
 
 
-
 @dataclass(frozen=True, slots=True)
 class CodePattern:
     """A reply-code (``"4xx"``) or enhanced-status (``"5.7.*"``) pattern as written, and
