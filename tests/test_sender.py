@@ -380,3 +380,37 @@ def test_full_and_hash_recipient_styles(
     assert hashed.startswith("sha256:")
     assert hashed.endswith("@example.org")
     assert "ann" not in hashed
+
+
+def test_one_attempt_event_per_attempt_at_debug(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    smtp_server.script.greeting("421 4.3.2 busy")
+    with structlog.testing.capture_logs() as logs:
+        sender_for(smtp_server).send(message("ann@example.org", "bob@example.org"))
+    attempts = [e for e in logs if e["event"] == "mail.attempt"]
+    assert [(e["attempt"], e["log_level"]) for e in attempts] == [(1, "debug"), (2, "debug")]
+    assert attempts[0]["code"] == 421
+    assert attempts[0]["actions"] == {"retry": 2}
+    assert attempts[1]["actions"] == {"deliver": 2}
+
+
+def test_wait_after_the_final_dot_is_cut_by_the_in_request_deadline(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], tmp_path: Any
+) -> None:
+    """DESIGN.md §4: inside send() the end-of-data wait is cut at the deadline, and the
+    cut is ambiguous (deferred, not retried inline), not a failure."""
+    from mailpolicy import load_policy
+    from mailpolicy.testing import Delay
+
+    policy_file = tmp_path / "fast.toml"
+    policy_file.write_text(
+        'schema = 1\nname = "fast"\nextends = "default"\ndescription = "short deadline"\n'
+        '[inline]\ndeadline = "1s"\nattempt_timeout = "500ms"\n'
+    )
+    smtp_server.script.end_of_data(Delay(5, "250 OK"))
+    report = sender_for(smtp_server, policy=load_policy(policy_file)).send(
+        message("ann@example.org")
+    )
+    (o,) = report.outcomes
+    assert (o.state, o.ambiguous, o.reason, o.attempts) == ("deferred", True, "timeout", 1)

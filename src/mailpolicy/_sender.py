@@ -108,7 +108,10 @@ class Sender:
     ``ssl.create_default_context()``. AUTH happens only over TLS unless
     ``allow_insecure_auth=True``. ``timeout`` is the socket timeout per command
     (default: the policy's ``[inline] attempt_timeout``). ``connection`` hands over an
-    open ``smtplib.SMTP``. ``clock`` (wall seconds), ``monotonic`` and ``sleep`` are
+    open ``smtplib.SMTP``. ``end_of_data_timeout`` is the wait for the reply after the
+    final dot; by default a ``send()`` cuts it at the policy's in-request deadline (a cut
+    there is an ambiguous outcome), while the worker waits the full RFC 5321 10 minutes.
+    ``clock`` (wall seconds), ``monotonic`` and ``sleep`` are
     injectable for tests; ``relays`` holds per-relay budgets and circuits (default: the
     process-wide registry).
     """
@@ -129,6 +132,7 @@ class Sender:
         allow_insecure_auth: bool = False,
         connection: smtplib.SMTP | None = None,
         recipient_style: events.RecipientStyle = "mask",
+        end_of_data_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -164,6 +168,7 @@ class Sender:
         self._sleep = sleep
         self._rng: Rng = rng if rng is not None else default_rng
         self._fixed_timeout = timeout
+        self._end_of_data_timeout = end_of_data_timeout
         self.settings = ConnectionSettings(
             host=host,
             port=port if port is not None else _DEFAULT_PORTS[security],
@@ -302,6 +307,7 @@ class Sender:
         relay = self._relays.get(self.settings.host, self.settings.port)
         first_failure_at: float | None = None
         todo = list(pending)
+        started = self._monotonic()
 
         def attempt(info: AttemptInfo) -> _AttemptOutcome:
             nonlocal todo, first_failure_at
@@ -314,9 +320,23 @@ class Sender:
                     )
                 todo = []
                 return _AttemptOutcome(_DONE)
+            # DESIGN.md §4, one precedence: the Sender's timeout (or the policy's
+            # attempt_timeout cut to the time left) per command; the wait after the final
+            # dot is cut by the in-request deadline (a cut there is ambiguous) unless an
+            # explicit end_of_data_timeout says otherwise (the worker's RFC 5321 wait).
+            left = policy.inline.deadline - (self._monotonic() - started)
+            timeout = self.settings.timeout
             if self._fixed_timeout is None and info.timeout > 0:
-                self._session.settings = replace(self.settings, timeout=info.timeout)
+                timeout = info.timeout
+            eod = self._end_of_data_timeout
+            if eod is None:
+                eod = min(policy.queue.end_of_data_timeout, max(left, timeout))
+            self._session.settings = replace(
+                self.settings, timeout=timeout, end_of_data_timeout=eod
+            )
+            attempt_started = self._monotonic()
             self._run_attempt(prepared, sender, todo, smtputf8=smtputf8, relay=relay)
+            self._emit_attempt(prepared, info.number, todo, attempt_started)
             if first_failure_at is None and any(
                 p.decision and p.decision.action != "deliver" for p in todo
             ):
@@ -480,6 +500,26 @@ class Sender:
             persisted=False,
             rule=verdict.rule,
             action=action,
+        )
+
+    def _emit_attempt(
+        self, prepared: PreparedMessage, number: int, tried: list[_Pending], started: float
+    ) -> None:
+        states: dict[str, int] = {}
+        for p in tried:
+            action = p.decision.action if p.decision else "none"
+            states[action] = states.get(action, 0) + 1
+        first = next((p.verdict for p in tried if p.verdict and p.verdict.kind != "success"), None)
+        events.attempt(
+            message_id=prepared.message_id,
+            server=self.relay,
+            attempt=number,
+            recipients=len(tried),
+            actions=states,
+            reason=None if first is None else first.reason,
+            code=None if first is None else first.code,
+            stage=None if first is None else first.stage,
+            elapsed_ms=round((self._monotonic() - started) * 1000, 3),
         )
 
     def _emit(self, report: DeliveryReport) -> None:

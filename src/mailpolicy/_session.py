@@ -229,6 +229,8 @@ class Session:
         host = self.settings.host
         results = [RecipientResult(recipient=r) for r, _ in recipients]
         fresh, self._fresh = self._fresh, False
+        if conn.sock is not None:
+            conn.sock.settimeout(self.settings.timeout)
 
         options: list[str] = []
         if smtputf8:
