@@ -138,11 +138,17 @@ def test_eight_bit_and_smtputf8_flags() -> None:
     m["To"] = "b@x.org"
     m.set_content("héllo wörld\n", cte="8bit")
     assert prepare_message(m).eight_bit is True
-    # A non-ASCII address in a header is RFC 2047-encoded: the data stays 7-bit.
+    # An internationalised address in a header cannot be an RFC 2047 encoded-word
+    # (RFC 2047 §5): the header goes as raw UTF-8 and the message needs SMTPUTF8.
     m2 = make(From="a@x.org", To="用户@例子.广告")
     p2 = prepare_message(m2)
-    assert p2.data.isascii()
-    assert (p2.smtputf8, p2.recipients) == (False, ("用户@例子.广告",))
+    assert "To: 用户@例子.广告\r\n".encode() in p2.data
+    assert b"=?utf-8?" not in p2.data
+    assert (p2.smtputf8, p2.recipients) == (True, ("用户@例子.广告",))
+    # A non-ASCII display name is fine as an encoded-word: no SMTPUTF8 needed.
+    m3 = make(From="a@x.org", To="Jörg <joerg@x.org>")
+    p3 = prepare_message(m3)
+    assert (p3.smtputf8, p3.data.isascii()) == (False, True)
 
 
 @pytest.mark.parametrize(

@@ -126,12 +126,29 @@ def _check_headers(message: Message) -> None:
                 )
 
 
+#: Headers whose addresses, if internationalised, make the message need SMTPUTF8.
+_ADDRESS_HEADERS: Final = ("from", "sender", "reply-to", "to", "cc")
+
+
+def _needs_utf8_headers(message: Message) -> bool:
+    """An address (not a display name) with non-ASCII characters in a header: RFC 2047
+    encoded-words may not stand inside an address (§5), so such a header can only be
+    sent as raw UTF-8 to a server that offers SMTPUTF8 (RFC 6532)."""
+    return any(
+        not address.isascii()
+        for name in _ADDRESS_HEADERS
+        for value in raw_header_values(message, name)
+        for address in split_addresses(value)
+    )
+
+
 def _serialise(message: Message) -> tuple[bytes, bool]:
     policy: Policy = message.policy
-    try:
-        return message.as_bytes(policy=policy.clone(linesep="\r\n")), False
-    except (UnicodeEncodeError, UnicodeError):
-        pass
+    if not (isinstance(policy, EmailPolicy) and _needs_utf8_headers(message)):
+        try:
+            return message.as_bytes(policy=policy.clone(linesep="\r\n")), False
+        except (UnicodeEncodeError, UnicodeError):
+            pass
     if not isinstance(policy, EmailPolicy):
         raise MessageError("the message has non-ASCII headers that compat32 cannot serialise")
     try:
