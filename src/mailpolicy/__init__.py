@@ -8,6 +8,7 @@ a :class:`Sender` delivers messages with per-recipient outcomes. See the README.
 
 from ._address import ADDRESS_MODES, AddressMode, CheckedAddress, check_address
 from ._classify import Verdict, classify, classify_error
+from ._dsn import DeliveryStatusReport, DsnError, DsnRecipient, DsnVerdict, judge_dsn, parse_dsn
 from ._errors import (
     ConfigurationError,
     InvalidInputError,
@@ -19,7 +20,9 @@ from ._outcome import STATES, DeliveryReport, RecipientOutcome, State
 from ._policy import ACTIONS, Action, Decision, Policy
 from ._policy_load import load_policy
 from ._sender import Sender
+from ._store import Store, StoreError, open_store
 from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
+from ._worker import Worker, WorkerStats
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,10 @@ __all__ = [
     "ConfigurationError",
     "Decision",
     "DeliveryReport",
+    "DeliveryStatusReport",
+    "DsnError",
+    "DsnRecipient",
+    "DsnVerdict",
     "InvalidInputError",
     "Kind",
     "MailPolicyError",
@@ -49,10 +56,17 @@ __all__ = [
     "Sender",
     "Stage",
     "State",
+    "Store",
+    "StoreError",
     "Verdict",
+    "Worker",
+    "WorkerStats",
     "__version__",
     "check_address",
     "classify",
     "classify_error",
+    "judge_dsn",
     "load_policy",
+    "open_store",
+    "parse_dsn",
 ]

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from . import __version__
 from ._classify import Verdict, classify
 from ._errors import MailPolicyError
-from ._vocab import STAGES, Stage
+from ._vocab import REASONS, STAGES, Stage
 
 #: Exit status when the command ran but some recipient was not delivered.
 EXIT_UNDELIVERED = 2
@@ -137,6 +137,166 @@ def _cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if report.all_delivered else EXIT_UNDELIVERED
 
 
+def _duration(text: str) -> float:
+    from ._schedule import parse_duration  # noqa: PLC0415
+
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as '15m' or '30s'")
+    return seconds
+
+
+def _password(args: argparse.Namespace, command: str) -> str | None:
+    import os  # noqa: PLC0415
+
+    if args.username is None:
+        return None
+    if not args.password_env or args.password_env not in os.environ:
+        raise SystemExit(
+            f"mailpolicy {command}: --username needs --password-env VAR naming a set variable"
+        )
+    return os.environ[args.password_env]
+
+
+def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
+    import signal  # noqa: PLC0415
+
+    from ._store import open_store  # noqa: PLC0415
+    from ._worker import Worker  # noqa: PLC0415
+
+    store = open_store(args.store)
+    worker = Worker(
+        store,
+        args.host,
+        args.port,
+        security=args.security,
+        username=args.username,
+        password=_password(args, "worker"),
+        policy=args.policy,
+        lease=args.lease,
+        allow_insecure_auth=args.allow_insecure_auth,
+    )
+
+    def stop(signum: int, frame: object) -> None:
+        # Finish the current transaction, release what is claimed but unsent, exit 0.
+        worker.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        stats = worker.run_once() if args.once else worker.run_forever(poll=args.poll)
+    finally:
+        worker.close()
+        store.close()
+    out.write(
+        f"worker {worker.owner}: {stats.claims} claim(s), {stats.delivered} delivered, "
+        f"{stats.deferred} deferred, {stats.bounced} bounced, {stats.held} held\n"
+    )
+    return 0
+
+
+def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
+    import time  # noqa: PLC0415
+
+    from ._store import open_store  # noqa: PLC0415
+
+    now = time.time()
+    with open_store(args.store) as store:
+        if args.outbox_command == "status":
+            counts = store.counts(now=now)
+            if args.json:
+                out.write(json.dumps(counts) + "\n")
+            else:
+                out.writelines(f"{k:<12} {v}\n" for k, v in counts.items())
+        elif args.outbox_command == "list":
+            rows = store.list_recipients(state=args.state, message_id=None, limit=args.limit)
+            for r in rows:
+                if args.json:
+                    out.write(json.dumps(r.to_dict(), default=str) + "\n")
+                else:
+                    nxt = (
+                        ""
+                        if r.next_attempt_at is None
+                        else f" next {int(r.next_attempt_at - now)}s"
+                    )
+                    out.write(f"{r.message_id} {r.recipient} {r.state} {r.reason} "
+                              f"attempts={r.attempts}{nxt}\n")  # fmt: skip
+        elif args.outbox_command == "retry-now":
+            n = store.retry_now(now=now, message_id=args.message_id, include_held=True)
+            out.write(f"{n} recipient(s) due now (held ones released)\n")
+        else:  # purge
+            n = store.purge(now=now, older_than=args.older_than)
+            out.write(f"{n} message body(ies) purged (the attempt journal is kept)\n")
+    return 0
+
+
+def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:
+    import time  # noqa: PLC0415
+
+    from ._store import open_store  # noqa: PLC0415
+
+    now = time.time()
+    with open_store(args.store) as store:
+        if args.suppression_command == "add":
+            store.add_suppression(
+                args.address, reason=args.reason, now=now, ttl=args.ttl, text="added by hand"
+            )
+            out.write(f"suppressed {args.address}\n")
+        elif args.suppression_command == "remove":
+            removed = store.remove_suppression(args.address)
+            out.write(f"{'removed' if removed else 'not on the list:'} {args.address}\n")
+            return 0 if removed else 1
+        else:  # list, export
+            entries = store.suppressions(now=now, include_expired=False)
+            for e in entries:
+                if args.json or args.suppression_command == "export":
+                    out.write(json.dumps(e.to_dict(), default=str) + "\n")
+                else:
+                    out.write(f"{e.address} {e.reason} {e.code or ''} {e.status or ''}\n")
+    return 0
+
+
+def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
+    import time  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from ._dsn import DsnError, judge_dsn, parse_dsn  # noqa: PLC0415
+    from ._store import open_store  # noqa: PLC0415
+
+    store = open_store(args.store) if args.store else None
+    failures = 0
+    show_progress = sys.stderr.isatty() and len(args.files) > 1
+    try:
+        for i, name in enumerate(args.files, start=1):
+            if show_progress:
+                done = int(30 * i / len(args.files))
+                sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{len(args.files)}")
+            try:
+                report = parse_dsn(Path(name).read_bytes())
+            except (OSError, DsnError) as exc:
+                failures += 1
+                print(f"mailpolicy dsn: {name}: {exc}", file=sys.stderr)
+                continue
+            for v in judge_dsn(report):
+                if v.suppress and store is not None:
+                    store.add_suppression(
+                        v.recipient, reason=v.verdict.reason, now=time.time(), ttl=None,
+                        code=v.verdict.code, status=v.verdict.status,
+                        text=v.dsn.diagnostic_code or "", policy="dsn",
+                    )  # fmt: skip
+                if args.json:
+                    out.write(json.dumps({"file": name, **v.to_dict()}, default=str) + "\n")
+                else:
+                    flag = " -> suppressed" if v.suppress else ""
+                    out.write(f"{name}: {v.recipient} {v.dsn_action} {v.verdict.reason}{flag}\n")
+    finally:
+        if show_progress:
+            sys.stderr.write("\n")
+        if store is not None:
+            store.close()
+    return 1 if failures else 0
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._demo import run_demo  # noqa: PLC0415
 
@@ -204,6 +364,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, help="socket timeout per command, seconds")
     s.add_argument("--json", action="store_true", help="print the report as JSON")
     s.set_defaults(handler=_cmd_send)
+
+    w = sub.add_parser(
+        "worker",
+        help="deliver due messages from the outbox",
+        description="Deliver due messages from the outbox and keep going (or, with --once, "
+        "deliver what is due now and exit). SIGTERM/SIGINT: finish the current transaction, "
+        "release leases, exit 0.",
+    )
+    w.add_argument("--store", required=True, metavar="URL", help="e.g. sqlite:///mail.sqlite3")
+    w.add_argument("--host", required=True)
+    w.add_argument("--port", type=int)
+    w.add_argument("--security", choices=("starttls", "ssl", "none"), default="starttls")
+    w.add_argument("--username")
+    w.add_argument("--password-env", metavar="VAR")
+    w.add_argument("--allow-insecure-auth", action="store_true")
+    w.add_argument("--policy", help="override the policy each message was sent with")
+    w.add_argument("--lease", type=_duration, default=900.0, help="claim lease (default 15m)")
+    w.add_argument("--poll", type=_duration, default=5.0, help="idle wait between scans")
+    w.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    w.set_defaults(handler=_cmd_worker)
+
+    o = sub.add_parser("outbox", help="inspect and steer the outbox")
+    osub = o.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("status", "counts by state"),
+        ("list", "recipients in the outbox"),
+        ("retry-now", "make everything due now, held messages included"),
+        ("purge", "purge old delivered/bounced message bodies"),
+    ):
+        op = osub.add_parser(action, help=text)
+        op.add_argument("--store", required=True, metavar="URL")
+        op.add_argument("--json", action="store_true")
+        if action == "list":
+            op.add_argument("--state", choices=("deferred", "held", "delivered", "bounced"))
+            op.add_argument("--limit", type=int, default=100)
+        if action == "retry-now":
+            op.add_argument("--message-id")
+        if action == "purge":
+            op.add_argument("--older-than", type=_duration, help="default: the store's retention")
+        op.set_defaults(handler=_cmd_outbox)
+
+    sp = sub.add_parser("suppression", help="the suppression list")
+    ssub = sp.add_subparsers(dest="suppression_command", required=True, metavar="ACTION")
+    for action in ("list", "add", "remove", "export"):
+        sa = ssub.add_parser(action)
+        sa.add_argument("--store", required=True, metavar="URL")
+        sa.add_argument("--json", action="store_true")
+        if action in ("add", "remove"):
+            sa.add_argument("address")
+        if action == "add":
+            sa.add_argument("--reason", default="mailbox_unknown", choices=REASONS)
+            sa.add_argument("--ttl", type=_duration, help="default: forever")
+        sa.set_defaults(handler=_cmd_suppression)
+
+    ds = sub.add_parser(
+        "dsn", help="read bounce messages (RFC 3464) and suppress the dead addresses"
+    )
+    ds.add_argument("files", nargs="+", metavar="FILE")
+    ds.add_argument("--store", metavar="URL", help="add hard bounces to this store's list")
+    ds.add_argument("--json", action="store_true")
+    ds.set_defaults(handler=_cmd_dsn)
 
     d = sub.add_parser(
         "demo", help="deliver through a local SMTP server with scripted faults and show outcomes"

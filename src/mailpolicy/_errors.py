@@ -9,7 +9,11 @@
     ├── InvalidInputError (TypeError)    a value of the wrong type handed to a public function
     ├── MessageError (ValueError)        a message that cannot be sent as given (no
     │                                    recipients, header injection, unserialisable)
-    └── PolicyError (ValueError)         a policy or rule file is unreadable or invalid
+    ├── PolicyError (ValueError)         a policy or rule file is unreadable or invalid
+    ├── DsnError (ValueError)            a bounce message that is not an RFC 3464 DSN
+    │                                    (defined in _dsn)
+    └── StoreError (RuntimeError)        the outbox store cannot be opened, read or
+                                         written (defined in _store)
 
 Each names what was wrong and where (file, dotted key path).
 """

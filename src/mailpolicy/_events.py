@@ -55,3 +55,8 @@ def delivery(state: str, **fields: Any) -> None:
 def attempt(**fields: Any) -> None:
     """Emit ``mail.attempt`` at debug level."""
     _logger().debug("mail.attempt", **fields)
+
+
+def worker_summary(**fields: Any) -> None:
+    """Emit the worker's periodic ``mail.worker.summary`` at info level."""
+    _logger().info("mail.worker.summary", **fields)

@@ -39,7 +39,8 @@ from ._session import (
     Session,
     StageError,
 )
-from ._vocab import Reason
+from ._store import Attempt, NewRecipient, Store, open_store
+from ._vocab import REASONS, Reason
 
 _DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25}
 #: Stages at which a failure is the relay's, for the circuit breaker.
@@ -128,7 +129,7 @@ class Sender:
         ssl_context: ssl.SSLContext | None = None,
         timeout: float | None = None,
         local_hostname: str | None = None,
-        store: object | None = None,
+        store: Store | str | None = None,
         allow_insecure_auth: bool = False,
         connection: smtplib.SMTP | None = None,
         recipient_style: events.RecipientStyle = "mask",
@@ -154,11 +155,6 @@ class Sender:
             )
         if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
             raise ConfigurationError("timeout must be a positive number of seconds")
-        if store is not None:
-            raise ConfigurationError(
-                "durable stores arrive with the outbox (not in this version): "
-                "without one, deferred recipients are reported with persisted=False"
-            )
         if recipient_style not in events.RECIPIENT_STYLES:
             raise ConfigurationError(f"recipient_style must be one of {events.RECIPIENT_STYLES}")
         self.policy = _resolve_policy(policy)
@@ -183,6 +179,8 @@ class Sender:
         )
         self._session = Session(self.settings, connection)
         self._relays = relays if relays is not None else RELAYS
+        self.store: Store | None = None if store is None else open_store(store)
+        self._owns_store = isinstance(store, str)
 
     def __repr__(self) -> str:
         s = self.settings
@@ -206,8 +204,10 @@ class Sender:
         self._session.open()
 
     def close(self) -> None:
-        """QUIT and close the connection, if one is open."""
+        """QUIT and close the connection, if one is open (and a store opened from a URL)."""
         self._session.close()
+        if self.store is not None and self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -263,11 +263,15 @@ class Sender:
                     rule=f"prevalidation.{policy.address.mode}",
                     action="bounce",
                 )
+            elif (hit := self._suppressed(checked.wire or recipient)) is not None:
+                outcomes[recipient] = replace(hit, recipient=recipient)
             else:
                 smtputf8 = smtputf8 or checked.smtputf8
                 pending.append(_Pending(recipient=recipient, wire=checked.wire or recipient))
         if pending:
             self._deliver(prepared, sender, pending, smtputf8=smtputf8, outcomes=outcomes)
+        if self.store is not None:
+            self._persist(prepared, pending, outcomes)
         elapsed_ms = (self._monotonic() - started) * 1000
         report = DeliveryReport(
             message_id=prepared.message_id,
@@ -279,6 +283,88 @@ class Sender:
         )
         self._emit(report)
         return report
+
+    def _suppressed(self, address: str) -> RecipientOutcome | None:
+        """The outcome for an address on the suppression list (checked before any SMTP
+        traffic), or None."""
+        if self.store is None or not self.policy.suppression.check_before_send:
+            return None
+        entry = self.store.suppressed(address, now=self._clock())
+        if entry is None:
+            return None
+        return RecipientOutcome(
+            recipient=address,
+            state="suppressed",
+            reason=entry.reason if entry.reason in REASONS else "unknown",
+            code=entry.code,
+            status=entry.status,
+            text=f"on the suppression list since {utc(entry.created_at).isoformat()}: "
+            + (entry.text or entry.reason),
+            rule="suppression-list",
+            action="suppress",
+        )
+
+    def _persist(
+        self,
+        prepared: PreparedMessage,
+        pending: list[_Pending],
+        outcomes: dict[str, RecipientOutcome],
+    ) -> None:
+        """With a store: add dead addresses to the suppression list, and save the message
+        when a recipient is deferred or held, before ``send()`` returns. A failure to save
+        raises (StoreError): nothing is lost silently."""
+        store = self.store
+        if store is None:
+            return
+        now = self._clock()
+        suppression = self.policy.suppression
+        wires = {p.recipient: p.wire for p in pending}
+        for o in outcomes.values():
+            if o.action == "suppress" and o.state == "bounced" and suppression.enabled:
+                store.add_suppression(
+                    wires.get(o.recipient, o.recipient),
+                    reason=o.reason,
+                    now=now,
+                    ttl=suppression.ttl,
+                    code=o.code,
+                    status=o.status,
+                    text=o.text,
+                    policy=self.policy.name,
+                )
+        if not any(o.state in ("deferred", "held") for o in outcomes.values()):
+            return
+        records = []
+        for recipient in prepared.recipients:
+            o = outcomes[recipient]
+            attempt = Attempt(
+                at=now, state=o.state, reason=o.reason, code=o.code, status=o.status,
+                text=o.text, rule=o.rule, action=o.action, ambiguous=o.ambiguous,
+            )  # fmt: skip
+            pending_state = o.state in ("deferred", "held")
+            records.append(
+                NewRecipient(
+                    recipient=recipient,
+                    wire=wires.get(recipient, recipient),
+                    state=o.state,
+                    reason=o.reason,
+                    code=o.code,
+                    status=o.status,
+                    text=o.text,
+                    attempts=o.attempts,
+                    ambiguous=o.ambiguous,
+                    first_failure_at=now if pending_state else None,
+                    next_attempt_at=o.next_attempt_at.timestamp()
+                    if pending_state and o.next_attempt_at is not None
+                    else (now if pending_state else None),
+                    history=(attempt,) if o.attempts else (),
+                )
+            )
+        store.save_deferred(
+            prepared, policy=self.policy.name, relay=self.relay, recipients=records, now=now
+        )
+        for recipient, o in list(outcomes.items()):
+            if o.state in ("deferred", "held"):
+                outcomes[recipient] = replace(o, persisted=True)
 
     def _checker(self) -> Callable[[str], CheckedAddress]:
         a = self.policy.address

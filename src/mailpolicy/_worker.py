@@ -1,0 +1,292 @@
+"""The outbox worker: delivers due messages from a store on the policy's queue schedule.
+
+It claims due messages with a lease (several worker processes can share one store),
+makes one attempt per claim with the same Sender machinery (one connection reused across
+claims), records each attempt in the journal, reschedules per the message's policy,
+bounces at ``[queue] give_up_after``, adds dead addresses to the suppression list, and
+emits the same ``mail.delivery`` events. At-least-once: a crash at any point loses
+nothing (an unreleased lease simply expires); only a message in flight at the crash may
+be delivered twice, with its Message-ID unchanged.
+
+The lease must outlast one delivery: the default is 15 minutes, longer than RFC 5321's
+10-minute wait after the final dot.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Final
+
+from . import _events as events
+from ._address import check_address
+from ._message import PreparedMessage
+from ._outcome import utc
+from ._policy import Policy
+from ._policy_load import load_policy
+from ._queue import next_step
+from ._relaystate import RELAYS, RelayRegistry
+from ._sender import Sender, _Pending
+from ._session import Security
+from ._store import Attempt, Claim, RecipientUpdate, Store, lease_owner
+
+_LEADING_DOT: Final = re.compile(rb"(?m)^\.")
+DEFAULT_LEASE: Final = 15 * 60.0
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """What a worker did: recipients delivered, deferred, bounced, held; claims made."""
+
+    claims: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    held: int = 0
+    circuit_waits: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+    def count(self, state: str) -> None:
+        self.by_state[state] = self.by_state.get(state, 0) + 1
+        if state in ("delivered", "deferred", "bounced", "held"):
+            setattr(self, state, getattr(self, state) + 1)
+
+
+def _prepared(claim: Claim) -> PreparedMessage:
+    m = claim.message
+    data = m.data or b""
+    return PreparedMessage(
+        message_id=m.message_id,
+        envelope_from=m.envelope_from,
+        recipients=tuple(r.recipient for r in claim.recipients),
+        data=data,
+        wire_data=_LEADING_DOT.sub(b"..", data) + b".\r\n",
+        eight_bit=m.eight_bit,
+        smtputf8=m.smtputf8,
+    )
+
+
+class Worker:
+    """Drains an outbox through one relay.
+
+    ``policy`` overrides the policy each message was sent with (default: the message's
+    own, by name; a name that no longer loads falls back to ``default``). Time
+    (``clock``: wall seconds, ``monotonic``, ``sleep``) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        host: str,
+        port: int | None = None,
+        *,
+        security: Security = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        policy: Policy | str | Path | None = None,
+        lease: float = DEFAULT_LEASE,
+        batch: int = 20,
+        allow_insecure_auth: bool = False,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        relays: RelayRegistry | None = None,
+        owner: str | None = None,
+        sender_options: dict[str, object] | None = None,
+    ) -> None:
+        self.store = store
+        self.lease = lease
+        self.batch = batch
+        self.owner = owner or lease_owner()
+        self._clock = clock
+        self._sleep = sleep
+        self._override = None if policy is None else (
+            policy if isinstance(policy, Policy) else load_policy(policy)
+        )  # fmt: skip
+        self._senders: dict[str, Sender] = {}
+        self._make: Callable[[Policy], Sender] = lambda p: Sender(
+            host,
+            port,
+            policy=p,
+            security=security,
+            username=username,
+            password=password,
+            allow_insecure_auth=allow_insecure_auth,
+            end_of_data_timeout=p.queue.end_of_data_timeout,
+            clock=clock,
+            monotonic=monotonic,
+            sleep=sleep,
+            relays=relays if relays is not None else RELAYS,
+            **(sender_options or {}),  # type: ignore[arg-type]
+        )
+        self.stop_requested = threading.Event()
+        self.stats = WorkerStats()
+
+    def _sender_for(self, name: str) -> Sender:
+        policy = self._override
+        if policy is None:
+            try:
+                policy = load_policy(name)
+            except Exception:  # a policy renamed or removed since the send: the default
+                policy = load_policy("default")
+        sender = self._senders.get(policy.name)
+        if sender is None:
+            sender = self._senders[policy.name] = self._make(policy)
+        return sender
+
+    def close(self) -> None:
+        for sender in self._senders.values():
+            sender.close()
+        self._senders.clear()
+
+    def run_once(self) -> WorkerStats:
+        """Deliver everything due now, and what becomes due while this runs (within the
+        lease); then return. Stops early (releasing nothing claimed but unsent: each
+        claim is finished or released) when :attr:`stop_requested` is set."""
+        while not self.stop_requested.is_set():
+            claims = self.store.claim_due(
+                now=self._clock(), owner=self.owner, lease_seconds=self.lease, limit=self.batch
+            )
+            if not claims:
+                break
+            for i, claim in enumerate(claims):
+                if self.stop_requested.is_set():
+                    for rest in claims[i:]:
+                        self.store.release(rest, now=self._clock())
+                    break
+                self.deliver(claim)
+        self.close()
+        return self.stats
+
+    def run_forever(self, *, poll: float = 5.0, summary_every: float = 60.0) -> WorkerStats:
+        """Keep delivering until :attr:`stop_requested` is set (SIGTERM/SIGINT in the
+        CLI), logging a ``mail.worker.summary`` event every ``summary_every`` seconds."""
+        last_summary = self._clock()
+        while not self.stop_requested.is_set():
+            self.run_once()
+            now = self._clock()
+            if now - last_summary >= summary_every:
+                self.summary()
+                last_summary = now
+            self.stop_requested.wait(poll)
+        self.summary()
+        return self.stats
+
+    def summary(self) -> None:
+        counts = self.store.counts(now=self._clock())
+        events.worker_summary(
+            owner=self.owner,
+            delivered=self.stats.delivered,
+            deferred=self.stats.deferred,
+            bounced=self.stats.bounced,
+            held=self.stats.held,
+            queue_depth=counts.get("deferred", 0) + counts.get("held", 0),
+            due=counts.get("due", 0),
+        )
+
+    def deliver(self, claim: Claim) -> None:
+        """One attempt at a claimed message's due recipients; the result is recorded
+        and the lease released in one store transaction."""
+        self.stats.claims += 1
+        sender = self._sender_for(claim.message.policy)
+        policy = sender.policy
+        relay = sender._relays.get(sender.settings.host, sender.settings.port)
+        now_m = sender._monotonic()
+        if not relay.allow_attempt(policy.circuit, now=now_m):
+            # The relay is down: wait without spending an attempt (DESIGN.md §4).
+            self.stats.circuit_waits += 1
+            self.store.release(
+                claim, now=self._clock(), next_attempt_at=self._clock() + policy.circuit.probe_every
+            )
+            return
+        prepared = _prepared(claim)
+        pending = [
+            _Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts)
+            for r in claim.recipients
+        ]
+        envelope = check_address(prepared.envelope_from, mode="off")
+        smtputf8 = prepared.smtputf8 or not prepared.envelope_from.isascii()
+        smtputf8 = smtputf8 or any(not p.wire.isascii() for p in pending)
+        sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
+        now = self._clock()
+        updates = []
+        for stored, p in zip(claim.recipients, pending, strict=True):
+            outcome = sender._finish(p, stored.first_failure_at or now, now)
+            if outcome.state == "deferred" and p.decision is not None and p.verdict is not None:
+                history = [
+                    a.at - (stored.first_failure_at or now)
+                    for a in self.store.journal(recipient_key=stored.key)
+                ]
+                step = next_step(
+                    policy,
+                    p.decision,
+                    first_failure_at=stored.first_failure_at or now,
+                    history=[*(h + (stored.first_failure_at or now) for h in history), now],
+                    now=now,
+                    retry_after=p.verdict.retry_after,
+                )
+                if step.action == "bounce":
+                    outcome = replace(outcome, state="bounced", next_attempt_at=None)
+                elif step.next_attempt_at is not None:
+                    outcome = replace(outcome, next_attempt_at=utc(step.next_attempt_at))
+            if (
+                outcome.action == "suppress"
+                and outcome.state == "bounced"
+                and policy.suppression.enabled
+            ):
+                self.store.add_suppression(
+                    p.wire, reason=outcome.reason, now=now, ttl=policy.suppression.ttl,
+                    code=outcome.code, status=outcome.status, text=outcome.text,
+                    policy=policy.name,
+                )  # fmt: skip
+            self.stats.count(outcome.state)
+            updates.append(
+                RecipientUpdate(
+                    key=stored.key,
+                    state=outcome.state,
+                    reason=outcome.reason,
+                    code=outcome.code,
+                    status=outcome.status,
+                    text=outcome.text,
+                    ambiguous=outcome.ambiguous,
+                    next_attempt_at=None
+                    if outcome.next_attempt_at is None
+                    else outcome.next_attempt_at.timestamp(),
+                    attempt=Attempt(
+                        at=now,
+                        state=outcome.state,
+                        reason=outcome.reason,
+                        code=outcome.code,
+                        status=outcome.status,
+                        text=outcome.text,
+                        rule=outcome.rule,
+                        action=outcome.action,
+                        ambiguous=outcome.ambiguous,
+                    ),
+                )
+            )
+            events.delivery(
+                outcome.state,
+                message_id=claim.message.message_id,
+                recipient=events.show_recipient(p.recipient, sender.recipient_style),
+                domain=p.recipient.rpartition("@")[2].lower(),
+                reason=outcome.reason,
+                code=outcome.code,
+                status=outcome.status,
+                attempts=outcome.attempts,
+                policy=policy.name,
+                server=sender.relay,
+                ambiguous=outcome.ambiguous,
+                next_attempt_at=None
+                if outcome.next_attempt_at is None
+                else outcome.next_attempt_at.isoformat(),
+                persisted=outcome.state in ("deferred", "held"),
+                rule=outcome.rule,
+                action=outcome.action,
+                worker=self.owner,
+            )
+        self.store.record_attempt(claim, updates, now=now)

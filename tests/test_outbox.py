@@ -1,0 +1,238 @@
+"""The outbox end to end: Sender(store=...) persists what is left, the worker delivers it
+on the queue schedule, the suppression list stops dead addresses before any SMTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailpolicy._relaystate import RelayRegistry
+from mailpolicy._sender import Sender
+from mailpolicy._store import Store, open_store
+from mailpolicy._worker import Worker
+from mailpolicy.testing import FakeClock, SMTPTestServer
+
+Factory = Callable[..., SMTPTestServer]
+
+
+def message(*to: str) -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "app@example.com"
+    m["To"] = ", ".join(to)
+    m["Subject"] = "Test"
+    m.set_content("Hello.\n")
+    return m
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'mail.sqlite3'}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(wall=time.time())
+
+
+def make_sender(
+    server: SMTPTestServer, store: Store, clock: FakeClock, relays: RelayRegistry
+) -> Sender:
+    return Sender(
+        server.host, server.port, security="none", store=store, clock=clock.time,
+        monotonic=clock.now, sleep=clock.sleep, rng=lambda: 1.0, relays=relays,
+        local_hostname="client.test",
+    )  # fmt: skip
+
+
+def make_worker(
+    server: SMTPTestServer, store: Store, clock: FakeClock, relays: RelayRegistry
+) -> Worker:
+    return Worker(
+        store, server.host, server.port, security="none", clock=clock.time,
+        monotonic=clock.now, sleep=clock.sleep, relays=relays,
+    )  # fmt: skip
+
+
+def test_deferred_recipients_are_saved_and_the_worker_delivers_them(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    relays = RelayRegistry()
+    smtp_server.script.rcpt("ann@example.org", "450 4.2.0 Greylisted, try again in 300 seconds")
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        report = sender.send(message("ann@example.org", "bob@example.org"))
+    ann, bob = report.outcomes
+    assert (ann.state, ann.persisted, bob.state) == ("deferred", True, "delivered")
+    counts = store.counts(now=clock.time())
+    assert (counts["deferred"], counts["due"], counts["delivered"]) == (1, 0, 1)
+
+    worker = make_worker(smtp_server, store, clock, relays)
+    assert worker.run_once().claims == 0  # not due: at least the 300 s the server asked for
+    (row,) = store.list_recipients(state="deferred", message_id=None, limit=10)
+    assert row.next_attempt_at is not None
+    assert row.next_attempt_at >= clock.time() + 300
+    clock.advance(row.next_attempt_at - clock.time() + 1)
+    stats = make_worker(smtp_server, store, clock, relays).run_once()
+    assert (stats.claims, stats.delivered) == (1, 1)
+    assert smtp_server.delivered_to("ann@example.org") == 1
+    assert smtp_server.delivered_to("bob@example.org") == 1  # never sent again
+    assert {m.parsed()["Message-ID"] for m in smtp_server.messages} == {report.message_id}
+    assert store.counts(now=clock.time())["deferred"] == 0
+    journal = store.journal(message_id=report.message_id)
+    assert [a.state for a in journal if a.recipient == "ann@example.org"] == [
+        "deferred",
+        "delivered",
+    ]
+
+
+def test_dead_address_is_suppressed_before_any_smtp_next_time(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    relays = RelayRegistry()
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        first = sender.send(message("bob@example.org", "ann@example.org"))
+        second = sender.send(message("bob@example.org", "ann@example.org"))
+    assert first.outcomes[0].state == "bounced"
+    assert (second.outcomes[0].state, second.outcomes[0].reason) == (
+        "suppressed",
+        "mailbox_unknown",
+    )
+    assert smtp_server.rcpt_addresses().count("bob@example.org") == 1
+    (entry,) = store.suppressions(now=clock.time())
+    assert (entry.address, entry.code, entry.status) == ("bob@example.org", 550, "5.1.1")
+
+
+def test_gives_up_at_give_up_after_with_the_last_reply(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    relays = RelayRegistry()
+    smtp_server.script.rcpt("ann@example.org", *["451 4.3.0 Temporary local problem"] * 200)
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        assert sender.send(message("ann@example.org")).outcomes[0].state == "deferred"
+    for _ in range(80):  # the default schedule reaches 5 days in fewer steps than this
+        clock.advance(6 * 3600)
+        make_worker(smtp_server, store, clock, relays).run_once()
+        if store.counts(now=clock.time())["deferred"] == 0:
+            break
+    (row,) = store.list_recipients(state="bounced", message_id=None, limit=10)
+    assert (row.reason, row.code) == ("system_error", 451)
+    assert smtp_server.delivered_to("ann@example.org") == 0
+
+
+def test_held_until_released_by_retry_now(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    relays = RelayRegistry()
+    smtp_server.script.rcpt("ann@example.org", "554 5.7.1 <ann@example.org>: Relay access denied")
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        o = sender.send(message("ann@example.org")).outcomes[0]
+    assert (o.state, o.persisted) == ("held", True)
+    assert make_worker(smtp_server, store, clock, relays).run_once().claims == 0
+    assert store.retry_now(now=clock.time()) == 1  # the operator fixed the relay
+    assert make_worker(smtp_server, store, clock, relays).run_once().delivered == 1
+
+
+def test_a_deferral_that_cannot_be_saved_raises(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    s = open_store(f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    s.close()
+    smtp_server.script.rcpt("ann@example.org", "450 4.2.0 Greylisted")
+    from mailpolicy import MailPolicyError
+
+    with pytest.raises(MailPolicyError):
+        make_sender(smtp_server, s, clock, RelayRegistry()).send(message("ann@example.org"))
+
+
+def test_worker_survives_sigkill_without_loss(smtp_server_factory: Factory, tmp_path: Path) -> None:
+    """At-least-once: a worker killed mid-run loses nothing; a restart delivers the rest;
+    duplicates are bounded by what was in flight, with the Message-ID unchanged."""
+    from mailpolicy.testing import Delay
+
+    server = smtp_server_factory()
+    url = f"sqlite:///{tmp_path / 'crash.sqlite3'}"
+    relays = RelayRegistry()
+    store = open_store(url)
+    clock = FakeClock(wall=time.time())
+    server.script.rcpt(*["450 4.2.0 Greylisted"] * 12)  # everything deferred at first
+    with make_sender(server, store, clock, relays) as sender:
+        ids = [sender.send(message(f"u{i}@example.org")).message_id for i in range(12)]
+    assert store.counts(now=time.time() + 3600)["deferred"] == 12
+    store.retry_now(now=time.time())
+    store.close()
+    server.script.end_of_data(*[Delay(0.15, "250 OK")] * 40)  # slow enough to kill mid-run
+    cmd = [sys.executable, "-m", "mailpolicy", "worker", "--store", url, "--host", server.host,
+           "--port", str(server.port), "--security", "none", "--once", "--lease", "2s"]  # fmt: skip
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server.wait_for_messages(4, timeout=20)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    time.sleep(2.2)  # the dead worker's lease expires
+    done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    with open_store(url) as check:
+        counts = check.counts(now=time.time())
+    assert counts["deferred"] == 0
+    delivered = {m.parsed()["Message-ID"] for m in server.messages if m.accepted}
+    assert delivered == set(ids)
+    in_flight = len([m for m in server.messages if m.accepted]) - len(ids)
+    assert 0 <= in_flight <= 1
+
+
+def test_two_workers_share_one_store_without_duplicates(
+    smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'two.sqlite3'}"
+    relays = RelayRegistry()
+    store = open_store(url)
+    clock = FakeClock(wall=time.time())
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 20)
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        for i in range(20):
+            sender.send(message(f"u{i}@example.org"))
+    assert store.counts(now=time.time())["deferred"] == 20
+    store.retry_now(now=time.time())
+    store.close()
+    cmd = [sys.executable, "-m", "mailpolicy", "worker", "--store", url, "--host",
+           smtp_server.host, "--port", str(smtp_server.port), "--security", "none",
+           "--once"]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    rcpts = [r for m in smtp_server.messages for r in m.rcpt_tos]
+    assert sorted(rcpts) == sorted(f"u{i}@example.org" for i in range(20))
+
+
+def test_cli_outbox_and_suppression_round_trip(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+
+    def run(*args: str) -> Any:
+        return subprocess.run([sys.executable, "-m", "mailpolicy", *args], capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+
+    assert run("suppression", "add", "Bob@Example.org", "--store", url).returncode == 0
+    listed = run("suppression", "list", "--store", url, "--json")
+    assert '"bob@example.org"' in listed.stdout
+    assert run("suppression", "remove", "bob@example.org", "--store", url).returncode == 0
+    assert run("suppression", "remove", "bob@example.org", "--store", url).returncode == 1
+    status = run("outbox", "status", "--store", url, "--json")
+    assert status.returncode == 0
+    assert '"deferred": 0' in status.stdout
+    bad = run("outbox", "status", "--store", "postgresql://x/y")
+    assert bad.returncode == 1
+    assert "postgresql" in bad.stderr
+    assert "Traceback" not in bad.stderr
