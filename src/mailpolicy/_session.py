@@ -288,7 +288,7 @@ class Session:
 
         # --- DATA, the message, and the reply after the final dot
         try:
-            code, reply = conn.docmd("DATA")
+            code, reply = conn.docmd("data")  # spelt as smtplib's own data() does
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
             fail_all(_lost(exc, "data"), str(exc), accepted)

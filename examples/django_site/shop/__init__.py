@@ -1,0 +1,1 @@
+"""A minimal Django project that sends mail through mailpolicy.django.EmailBackend."""

@@ -1,0 +1,384 @@
+"""``EMAIL_BACKEND = "mailpolicy.django.EmailBackend"``: Django's SMTP backend, with
+mailpolicy's per-recipient delivery underneath.
+
+It is a subclass of ``django.core.mail.backends.smtp.EmailBackend`` and keeps its
+contract (settings, constructor keywords, ``MAILERS`` options on Django 6.1, ``open()``,
+``close()``, ``connection``, ``fail_silently``, the errors Django's own tests pin), and
+adds, per message: pre-validation, classification of every reply, retries within the
+policy's in-request budget, one :class:`~mailpolicy.RecipientOutcome` per recipient in
+``message.mailpolicy_report``, a signal and a ``mail.delivery`` event per recipient.
+``open()`` connects the way Django does (once, no retries) and hands the smtplib object
+to a :class:`~mailpolicy.Sender`; the retries happen inside ``send_messages()``.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import smtplib
+import ssl
+from collections.abc import Iterable
+from email.message import Message
+from typing import TYPE_CHECKING, Any, Final
+
+import django
+import structlog
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.core.mail.backends import smtp
+from django.core.mail.message import sanitize_address
+from django.core.mail.utils import DNS_NAME
+from django.utils.functional import cached_property
+
+from .._classify import classify_error
+from .._errors import ConfigurationError
+from .._outcome import DeliveryReport
+from .._policy import Policy
+from .._sender import Sender
+from .._session import Security
+from . import signals
+from ._settings import Options, read_options
+from .errors import DeliveryIncomplete, ImproperlyConfiguredError
+
+#: Django 6.1 serialises with ``message(policy=email.policy.SMTP)`` and prepares
+#: envelope addresses with ``prep_address()``; 5.2 uses ``sanitize_address()``.
+_MODERN: Final = django.VERSION >= (6, 1)
+
+_log = structlog.get_logger("mailpolicy")
+#: Bound at import: tests patch ``smtplib.SMTP`` with a mock.
+_SMTP: Final = smtplib.SMTP
+
+
+def _with_crlf_as_bytes(message: Message) -> Message:
+    """Django 5.2's ``SafeMIME*`` messages take ``as_bytes(unixfrom, linesep)``, not the
+    stdlib's ``policy=`` keyword the Sender serialises with: give this instance the
+    stdlib's signature, producing exactly the bytes Django's SMTP backend sends
+    (``as_bytes(linesep="\\r\\n")``)."""
+    django_as_bytes = message.as_bytes
+
+    def as_bytes(unixfrom: bool = False, policy: object = None) -> bytes:
+        return django_as_bytes(unixfrom, linesep="\r\n")  # type: ignore[call-arg]
+
+    message.as_bytes = as_bytes  # type: ignore[method-assign]
+    return message
+
+
+class EmailBackend(smtp.EmailBackend):
+    """Django's SMTP ``EmailBackend`` with mailpolicy's delivery underneath.
+
+    Every keyword of Django's SMTP backend (and every ``EMAIL_*`` setting it reads) works
+    as there. mailpolicy's own options come from ``settings.MAILPOLICY`` (``POLICY``,
+    ``POLICIES``, ``STORE``, ``ALLOW_INSECURE_AUTH``, ``RECIPIENT_STYLE``) or, winning
+    over it, from the keywords ``policy``, ``policies``, ``store``,
+    ``allow_insecure_auth`` and ``recipient_style`` (``MAILERS[...]["OPTIONS"]`` on
+    Django 6.1). ``timeout=None`` (the default) means the policy's timeouts apply.
+    """
+
+    if TYPE_CHECKING:  # Django's attributes that django-stubs does not declare
+        _partial_connection: smtplib.SMTP | None
+
+        @property
+        def connection_class(self) -> type[smtplib.SMTP]: ...
+
+        def _close_connection(self, connection: smtplib.SMTP) -> None: ...
+
+    def __init__(  # noqa: PLR0917 - Django's positional order, kept for drop-in use
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        use_tls: bool | None = None,
+        fail_silently: bool = False,
+        use_ssl: bool | None = None,
+        timeout: float | None = None,
+        ssl_keyfile: str | None = None,
+        ssl_certfile: str | None = None,
+        *,
+        policy: Policy | str | None = None,
+        policies: dict[str, Policy | str] | None = None,
+        store: str | None = None,
+        allow_insecure_auth: bool | None = None,
+        recipient_style: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            host=host,
+            port=port,
+            username=username,
+            password=password,
+            use_tls=use_tls,
+            fail_silently=fail_silently,
+            use_ssl=use_ssl,
+            timeout=timeout,
+            ssl_keyfile=ssl_keyfile,
+            ssl_certfile=ssl_certfile,
+            **kwargs,
+        )
+        self.options: Options = read_options(
+            getattr(self, "alias", None),
+            policy=policy,
+            policies=policies,
+            store=store,
+            allow_insecure_auth=allow_insecure_auth,
+            recipient_style=recipient_style,
+        )
+        self._open_error: BaseException | None = None
+        self._check_connection_settings()
+
+    def _check_connection_settings(self) -> None:
+        """Let the Sender check host, port and timeout now, not at the first send. (The
+        AUTH-over-plaintext rule is checked when the connection opens: see open().)"""
+        try:
+            Sender(
+                self.host,
+                self.port,
+                policy=self.options.policy,
+                security=self.security,
+                timeout=self.timeout,
+                allow_insecure_auth=True,
+            )
+        except ConfigurationError as exc:
+            raise ImproperlyConfiguredError(
+                f"EMAIL_HOST/EMAIL_PORT/EMAIL_TIMEOUT (or the backend's host, port, timeout): {exc}"
+            ) from exc
+        if not isinstance(self.port, int) or isinstance(self.port, bool):
+            raise ImproperlyConfiguredError(
+                f"EMAIL_PORT (or the backend's port) must be an int, not {self.port!r}"
+            )
+
+    # --- connection ----------------------------------------------------------------------
+
+    @property
+    def security(self) -> Security:
+        """The Sender's ``security`` for ``use_ssl``/``use_tls``: implicit TLS, STARTTLS
+        (both verified), or plaintext (Django's default, for local relays)."""
+        if self.use_ssl:
+            return "ssl"
+        return "starttls" if self.use_tls else "none"
+
+    @cached_property
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifying TLS (certificate and host name). With ``ssl_certfile``/``ssl_keyfile``
+        the client certificate is added to a context that still trusts the system's CA
+        roots (Django's own context would trust none)."""
+        if self.ssl_certfile or self.ssl_keyfile:
+            context = ssl.SSLContext(protocol=ssl.PROTOCOL_TLS_CLIENT)
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)  # type: ignore[arg-type]
+            return context
+        return ssl.create_default_context()
+
+    def _attempt_timeout(self) -> float:
+        return float(
+            self.timeout if self.timeout is not None else self.options.policy.inline.attempt_timeout
+        )
+
+    def _refused_plaintext_auth(self) -> bool:
+        return bool(
+            self.username
+            and self.password
+            and self.security == "none"
+            and not self.options.allow_insecure_auth
+        )
+
+    def open(self) -> bool | None:
+        """Connect as Django does (once, no retries): returns True when it connected,
+        False when a connection was open already, None when it failed silently.
+
+        The policy's ``attempt_timeout`` applies when ``timeout`` is None. With a
+        username over a plaintext connection: a server offering no AUTH gets smtplib's
+        own ``SMTPNotSupportedError``; one offering AUTH is refused with
+        :class:`ImproperlyConfiguredError` naming ``MAILPOLICY["ALLOW_INSECURE_AUTH"]``,
+        before any credentials are sent (never silenced by ``fail_silently``).
+        """
+        if self.connection:
+            return False
+        partial = self._partial_connection
+        if partial is not None:
+            self._close_connection(partial)
+            self._partial_connection = None
+        self._open_error = None
+        params: dict[str, Any] = {
+            "local_hostname": DNS_NAME.get_fqdn(),
+            "timeout": self._attempt_timeout(),
+        }
+        if self.use_ssl:
+            params["context"] = self.ssl_context
+        try:
+            connection = self.connection_class(self.host, self.port, **params)
+            self._partial_connection = connection
+            if not self.use_ssl and self.use_tls:
+                connection.starttls(context=self.ssl_context)
+            connection.ehlo_or_helo_if_needed()
+            if self.username and self.password:
+                self._check_auth_allowed(connection)
+                connection.login(self.username, self.password)
+            self.connection = connection
+            self._partial_connection = None
+        except OSError as exc:
+            self._open_error = exc
+            if not self.fail_silently:
+                raise
+            return None
+        return True
+
+    def _check_auth_allowed(self, connection: smtplib.SMTP) -> None:
+        offered = connection.has_extn("auth")
+        tls = isinstance(connection.sock, ssl.SSLSocket)
+        if offered and not tls and not self.options.allow_insecure_auth:
+            self._partial_connection = None
+            self._close_connection(connection)
+            raise ImproperlyConfiguredError(
+                f"{self.host}:{self.port} offers AUTH over a plaintext connection: "
+                "refusing to send the password in clear. Set EMAIL_USE_TLS or "
+                "EMAIL_USE_SSL, or MAILPOLICY['ALLOW_INSECURE_AUTH'] = True for a "
+                "trusted local relay."
+            )
+        # Not offered: login() raises smtplib's own "SMTP AUTH extension not supported
+        # by server." as with Django's backend.
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
+        """Send the messages; return how many were accepted for delivery (at least one
+        recipient delivered). Each message gets ``mailpolicy_report``.
+
+        Raises :class:`DeliveryIncomplete` (an ``smtplib.SMTPException``) after the batch
+        when a message has a recipient left ``deferred`` or ``held`` (no store keeps it),
+        unless ``fail_silently``. Invalid addresses raise ``ValueError`` as with Django.
+        """
+        if not email_messages:
+            return 0
+        with self._lock:
+            try:
+                new_conn_created = self.open()
+            except OSError as exc:
+                if not self._connect_retryable(exc):
+                    raise
+                new_conn_created = True  # the Sender connects again, with retries
+            else:
+                if new_conn_created is None:
+                    if not self._connect_retryable(self._open_error):
+                        return 0  # failed silently, as Django does
+                    new_conn_created = True
+                elif not self.connection:
+                    return 0
+            num_sent = 0
+            incomplete: list[tuple[EmailMessage, DeliveryReport]] = []
+            try:
+                for message in email_messages:
+                    report = self._send_one(message)
+                    if report is None:
+                        continue
+                    if report.delivered:
+                        num_sent += 1
+                    if report.pending:
+                        incomplete.append((message, report))
+            finally:
+                if new_conn_created:
+                    self.close()
+        if incomplete and not self.fail_silently:
+            raise DeliveryIncomplete(
+                incomplete, sent=num_sent, recipient_style=self.options.recipient_style
+            )
+        return num_sent
+
+    def _connect_retryable(self, exc: BaseException | None) -> bool:
+        """Whether a failed ``open()`` inside ``send_messages()`` is left to the Sender's
+        retries: a transient failure (refused, 421, timeout, drop), unless the settings
+        forbid any connection (AUTH over plaintext refused)."""
+        if exc is None or self._refused_plaintext_auth():
+            return False
+        return classify_error(exc, stage="connect").kind == "transient"
+
+    def _send_one(self, email_message: EmailMessage) -> DeliveryReport | None:
+        if not email_message.recipients():
+            return None
+        envelope_from, recipients = self._envelope(email_message)
+        policy = self.options.policy
+        chosen = getattr(email_message, "mailpolicy_policy", None)
+        if chosen is not None:
+            policy = self.options.policy_named(chosen)
+        message = self._serialisable(email_message)
+        sender = self._sender(policy)
+        try:
+            report = sender.send(message, envelope_from=envelope_from, recipients=recipients)
+        finally:
+            # The Sender reconnects after a 421 or a drop: keep Django's attribute on the
+            # connection actually in use (None when the Sender had to close it).
+            self.connection = sender.connection
+        email_message.mailpolicy_report = report  # type: ignore[attr-defined]
+        self._signal(email_message, report)
+        return report
+
+    def _envelope(self, email_message: EmailMessage) -> tuple[str, list[str]]:
+        """Django's own envelope preparation: ``ValueError("Invalid address ...")`` for
+        malformed or injection-like addresses, IDNA for non-ASCII domains."""
+        prep = getattr(self, "prep_address", None)
+        if prep is not None:  # Django >= 6.1
+            return prep(email_message.from_email), [prep(a) for a in email_message.recipients()]
+        encoding = email_message.encoding or settings.DEFAULT_CHARSET
+
+        def prepare(address: str) -> str:
+            # sanitize_address() keeps the display name (RFC 2047 encoded); smtplib's
+            # sendmail() then quotes the addr-spec alone, and so do we.
+            return smtplib.quoteaddr(sanitize_address(address, encoding))[1:-1]
+
+        return prepare(email_message.from_email), [prepare(a) for a in email_message.recipients()]
+
+    def _serialisable(self, email_message: EmailMessage) -> Message:
+        if _MODERN:
+            built: Message = email_message.message(policy=email.policy.SMTP)  # type: ignore[call-arg, unused-ignore]  # 6.1 only; stubs are 5.2's
+            return built
+        built = email_message.message()
+        return _with_crlf_as_bytes(built)
+
+    def _sender(self, policy: Policy) -> Sender:
+        if self._refused_plaintext_auth():
+            # Only reachable with a connection set by the caller: open() refuses first.
+            raise ImproperlyConfiguredError(
+                "a username is set without EMAIL_USE_TLS/EMAIL_USE_SSL: refusing AUTH over "
+                "plaintext; set MAILPOLICY['ALLOW_INSECURE_AUTH'] = True for a trusted "
+                "local relay"
+            )
+        login = bool(self.username and self.password)
+        security = self.security
+        return Sender(
+            self.host,
+            self.port,
+            policy=policy,
+            security=security,
+            username=self.username if login else None,
+            password=self.password if login else None,
+            ssl_context=self.ssl_context if security != "none" else None,
+            timeout=self.timeout,
+            local_hostname=DNS_NAME.get_fqdn(),
+            allow_insecure_auth=self.options.allow_insecure_auth,
+            connection=self.connection,
+            recipient_style=self.options.recipient_style,
+        )
+
+    def _signal(self, email_message: EmailMessage, report: DeliveryReport) -> None:
+        for outcome in report.outcomes:
+            signal = signals.BY_STATE.get(outcome.state)
+            if signal is None:  # pragma: no cover - every state has a signal
+                continue
+            results = signal.send_robust(
+                sender=EmailBackend,
+                message=email_message,
+                outcome=outcome,
+                report=report,
+                backend=self,
+            )
+            for receiver, result in results:
+                if isinstance(result, Exception):
+                    _log.error(
+                        "mail.signal_error",
+                        signal=outcome.state,
+                        receiver=getattr(receiver, "__qualname__", repr(receiver)),
+                        message_id=report.message_id,
+                        error=f"{type(result).__name__}: {result}",
+                    )
+
+
+__all__ = ["EmailBackend"]

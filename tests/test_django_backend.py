@@ -1,0 +1,507 @@
+"""mailpolicy.django.EmailBackend through Django's public mail APIs, against
+mailpolicy.testing's real SMTP server on loopback.
+
+Django's own SMTP backend tests run against the backend too (tests/django_suite/); these
+cover what they do not: 4xx replies, retries, partial refusals, reports, signals, the
+settings checks. Inline retries use a policy with millisecond backoff, so nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+django = pytest.importorskip("django")
+
+from django.conf import settings  # noqa: E402 - after the importorskip above
+
+if not settings.configured:
+    settings.configure(
+        EMAIL_BACKEND="mailpolicy.django.EmailBackend",
+        DEFAULT_FROM_EMAIL="app@example.com",
+        USE_TZ=True,
+    )
+    django.setup()
+
+from django.core import mail  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.mail import EmailMessage  # noqa: E402
+from django.test import override_settings  # noqa: E402
+
+from mailpolicy import ConfigurationError, DeliveryReport, MailPolicyError  # noqa: E402
+from mailpolicy.django import (  # noqa: E402
+    DeliveryIncomplete,
+    EmailBackend,
+    ImproperlyConfiguredError,
+    signals,
+)
+from mailpolicy.testing import SMTPTestServer, TLSFiles, unused_port  # noqa: E402
+
+Factory = Callable[..., SMTPTestServer]
+PASSWORD = "s3cr3t-for-tests"  # noqa: S105 - the test server's, nowhere else
+
+FAST_POLICY = """\
+schema = 1
+name = "fast"
+extends = "default"
+description = "The default policy with millisecond inline backoff, for tests."
+
+[inline]
+backoff = { initial = "1ms", multiplier = 1.0, max = "1ms", jitter = "none" }
+"""
+
+
+@pytest.fixture(scope="module")
+def fast_policy(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("policies") / "fast.toml"
+    path.write_text(FAST_POLICY, encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def site(smtp_server: SMTPTestServer, fast_policy: str) -> Iterator[SMTPTestServer]:
+    """Django's settings pointed at the test server, with the fast policy."""
+    with override_settings(
+        EMAIL_HOST=smtp_server.host,
+        EMAIL_PORT=smtp_server.port,
+        MAILPOLICY={"POLICY": fast_policy},
+    ):
+        yield smtp_server
+
+
+@pytest.fixture
+def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """Every signal sent, as (state, kwargs)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    receivers = []
+    for state, signal in signals.BY_STATE.items():
+
+        def receiver(sender: object, state: str = state, **kwargs: Any) -> None:
+            assert sender is EmailBackend
+            seen.append((state, kwargs))
+
+        signal.connect(receiver, weak=False)
+        receivers.append((signal, receiver))
+    yield seen
+    for signal, receiver in receivers:
+        signal.disconnect(receiver)
+
+
+def message(*to: str, **kwargs: Any) -> EmailMessage:
+    kwargs.setdefault("from_email", "app@example.com")
+    return EmailMessage("Subject", "Body.\n", to=list(to), **kwargs)
+
+
+def report_of(m: EmailMessage) -> DeliveryReport:
+    report = m.mailpolicy_report  # type: ignore[attr-defined]
+    assert isinstance(report, DeliveryReport)
+    return report
+
+
+def states(m: EmailMessage) -> dict[str, tuple[str, str]]:
+    return {o.recipient: (o.state, o.reason) for o in report_of(m).outcomes}
+
+
+# --- delivery through Django's APIs --------------------------------------------------------
+
+
+def test_send_mail_delivers_through_the_setting(
+    site: SMTPTestServer, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    assert isinstance(mail.get_connection(), EmailBackend)
+    assert mail.send_mail("Hi", "Body.\n", "app@example.com", ["ann@example.org"]) == 1
+    assert site.delivered_to("ann@example.org") == 1
+    assert [(state, kw["outcome"].recipient) for state, kw in received] == [
+        ("delivered", "ann@example.org")
+    ]
+
+
+def test_each_message_gets_its_report(site: SMTPTestServer) -> None:
+    m = message("ann@example.org", cc=["bob@example.org"], bcc=["hidden@example.org"])
+    assert m.send() == 1
+    report = report_of(m)
+    assert [o.recipient for o in report.outcomes] == [
+        "ann@example.org",
+        "bob@example.org",
+        "hidden@example.org",
+    ]
+    assert report.all_delivered
+    assert report.policy == "fast"
+    assert b"hidden@example.org" not in site.messages[0].data  # Bcc only in the envelope
+    assert report.message_id == site.messages[0].parsed()["Message-ID"]
+
+
+def test_421_is_retried_on_a_fresh_connection(site: SMTPTestServer) -> None:
+    site.script.rcpt("ann@example.org", "421 4.3.2 Service shutting down")
+    m = message("ann@example.org")
+    with mail.get_connection() as backend:
+        first = backend.connection
+        assert backend.send_messages([m]) == 1
+        assert backend.connection is not None
+        assert backend.connection is not first  # Django's attribute follows the reconnect
+    outcome = report_of(m).outcomes[0]
+    assert (outcome.state, outcome.attempts) == ("delivered", 2)
+    assert site.connections == 2
+    assert site.delivered_to("ann@example.org") == 1
+
+
+def test_a_refused_recipient_is_reported_while_the_others_are_delivered(
+    site: SMTPTestServer, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    site.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    m = message("ann@example.org", "bob@example.org", "cat@example.org")
+    with structlog.testing.capture_logs() as logs:
+        assert mail.get_connection().send_messages([m]) == 1
+    assert states(m) == {
+        "ann@example.org": ("delivered", "delivered"),
+        "bob@example.org": ("bounced", "mailbox_unknown"),
+        "cat@example.org": ("delivered", "delivered"),
+    }
+    assert list(site.messages[0].rcpt_tos) == ["ann@example.org", "cat@example.org"]
+    bounced = [kw for state, kw in received if state == "bounced"]
+    assert [kw["outcome"].code for kw in bounced] == [550]
+    assert bounced[0]["message"] is m
+    assert bounced[0]["report"] is report_of(m)
+    assert isinstance(bounced[0]["backend"], EmailBackend)
+    events = [e for e in logs if e["event"] == "mail.delivery"]
+    assert [e["state"] for e in events] == ["delivered", "bounced", "delivered"]
+
+
+def test_an_address_django_accepts_but_prevalidation_refuses_is_invalid(
+    site: SMTPTestServer, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    m = message("ann@example.org", "django")  # no domain: Django sends it (#15042)
+    assert mail.get_connection().send_messages([m]) == 1
+    assert states(m)["django"] == ("invalid", "mailbox_name_invalid")
+    assert "django" not in site.rcpt_addresses()
+    assert ("invalid", "django") in [(s, kw["outcome"].recipient) for s, kw in received]
+
+
+def test_a_message_with_only_refused_addresses_counts_zero_without_raising(
+    site: SMTPTestServer,
+) -> None:
+    assert mail.send_mail("Hi", "Body.\n", "tester", ["django"]) == 0
+    assert site.connections == 1  # opened as Django does; no transaction ran
+    assert site.rcpt_addresses() == []
+
+
+def test_malformed_addresses_raise_value_error_as_django_does(site: SMTPTestServer) -> None:
+    for address in ("to@", "to\nevil@example.com", "to@other.com@example.com"):
+        with pytest.raises(ValueError, match="Invalid address"):
+            mail.get_connection().send_messages([message(bcc=[address])])
+    assert site.rcpt_addresses() == []
+
+
+# --- deferred and held: no store yet ------------------------------------------------------
+
+
+def test_a_deferred_recipient_raises_with_the_report(
+    site: SMTPTestServer, received: list[tuple[str, dict[str, Any]]]
+) -> None:
+    site.script.rcpt("bob@example.org", "450 4.2.0 Greylisted, try again in 300 seconds")
+    m1 = message("ann@example.org", "bob@example.org")
+    m2 = message("cat@example.org")
+    with pytest.raises(DeliveryIncomplete) as caught:
+        mail.get_connection().send_messages([m1, m2])
+    error = caught.value
+    assert isinstance(error, smtplib.SMTPException)
+    assert isinstance(error, MailPolicyError)
+    assert error.sent == 2  # both messages had a delivered recipient
+    assert error.messages == [m1]
+    assert error.report is report_of(m1)
+    assert [(o.recipient, o.state, o.reason) for o in error.report.pending] == [
+        ("bob@example.org", "deferred", "greylisted")
+    ]
+    assert error.report.pending[0].persisted is False
+    assert "b***@example.org deferred (greylisted, 450 4.2.0)" in str(error)
+    assert site.delivered_to("cat@example.org") == 1  # the batch went on
+    assert [s for s, _ in received].count("deferred") == 1
+
+
+def test_fail_silently_returns_the_count_instead(site: SMTPTestServer) -> None:
+    site.script.rcpt("ann@example.org", "451 4.3.0 Temporary local problem")
+    site.script.rcpt("ann@example.org", "451 4.3.0 Temporary local problem")
+    site.script.rcpt("ann@example.org", "451 4.3.0 Temporary local problem")
+    m = message("ann@example.org")
+    assert mail.get_connection(fail_silently=True).send_messages([m]) == 0
+    assert states(m) == {"ann@example.org": ("deferred", "system_error")}
+    assert mail.send_mail("Hi", "B", "app@example.com", ["bob@example.org"], fail_silently=True)
+
+
+def test_a_held_recipient_raises_too(site: SMTPTestServer) -> None:
+    site.script.mail("530 5.7.0 Authentication required")
+    m = message("ann@example.org")
+    with pytest.raises(DeliveryIncomplete, match="held"):
+        m.send()
+    assert states(m) == {"ann@example.org": ("held", "auth_required")}
+
+
+def test_a_relay_that_refuses_connections_is_retried_then_deferred(fast_policy: str) -> None:
+    backend = EmailBackend(host="127.0.0.1", port=unused_port(), policy=fast_policy)
+    with pytest.raises(ConnectionRefusedError):
+        backend.open()  # open() itself: once, as Django's
+    m = message("ann@example.org")
+    with pytest.raises(DeliveryIncomplete):
+        backend.send_messages([m])  # send_messages(): the Sender's retries
+    outcome = report_of(m).outcomes[0]
+    assert (outcome.state, outcome.reason, outcome.attempts) == ("deferred", "network_error", 3)
+    backend.fail_silently = True
+    assert backend.send_messages([message("ann@example.org")]) == 0
+
+
+def test_a_421_greeting_at_open_is_retried_inside_send_messages(site: SMTPTestServer) -> None:
+    site.script.greeting("421 4.3.2 Try again later")
+    m = message("ann@example.org")
+    assert mail.get_connection().send_messages([m]) == 1
+    assert site.connections == 2
+    assert states(m) == {"ann@example.org": ("delivered", "delivered")}
+
+
+@pytest.mark.skip(reason="needs the durable store, which arrives with the outbox")
+def test_suppression_across_sends() -> None:
+    """A 550 5.1.1 suppresses the address; the next send reports it ``suppressed``
+    without an RCPT for it."""
+
+
+@pytest.mark.skip(reason="needs the durable store, which arrives with the outbox")
+def test_deferred_with_a_store_is_persisted_and_counts_as_sent() -> None:
+    """With MAILPOLICY["STORE"], a deferred recipient is saved (persisted=True), the
+    message counts as sent and nothing is raised."""
+
+
+# --- connections --------------------------------------------------------------------------
+
+
+def test_one_connection_for_a_batch_closed_afterwards(site: SMTPTestServer) -> None:
+    backend = mail.get_connection()
+    messages = [message(f"user{i}@example.org") for i in range(3)]
+    assert backend.send_messages(messages) == 3
+    assert site.connections == 1
+    assert len(site.messages) == 3
+    assert backend.connection is None
+
+
+def test_a_caller_opened_connection_stays_open(site: SMTPTestServer) -> None:
+    with mail.get_connection() as backend:
+        assert backend.send_messages([message("ann@example.org")]) == 1
+        assert backend.connection is not None
+        assert backend.connection.sock is not None
+        assert backend.send_messages([message("bob@example.org")]) == 1
+    assert backend.connection is None
+    assert site.connections == 1
+
+
+def test_an_empty_batch_returns_zero_without_connecting(site: SMTPTestServer) -> None:
+    assert mail.get_connection().send_messages([]) == 0
+    assert site.connections == 0
+
+
+def test_timeouts_default_to_the_policy(site: SMTPTestServer) -> None:
+    backend = mail.get_connection()
+    assert backend.timeout is None
+    with backend:
+        assert backend.connection.timeout == 10.0  # the policy's attempt_timeout
+    with mail.get_connection(timeout=4) as backend:
+        assert backend.connection.timeout == 4
+
+
+# --- per-message policy -------------------------------------------------------------------
+
+
+def test_a_message_can_pick_its_policy(site: SMTPTestServer) -> None:
+    site.script.rcpt("ann@example.org", "421 4.7.0 Too many connections")
+    m = message("ann@example.org")
+    m.mailpolicy_policy = "bulk"  # type: ignore[attr-defined]  # bulk: no inline retries
+    with pytest.raises(DeliveryIncomplete):
+        m.send()
+    report = report_of(m)
+    assert report.policy == "bulk"
+    assert (report.outcomes[0].state, report.outcomes[0].attempts) == ("deferred", 1)
+
+
+def test_policy_names_from_the_setting(site: SMTPTestServer, fast_policy: str) -> None:
+    with override_settings(MAILPOLICY={"POLICY": fast_policy, "POLICIES": {"news": "bulk"}}):
+        m = message("ann@example.org")
+        m.mailpolicy_policy = "news"  # type: ignore[attr-defined]
+        assert m.send() == 1
+    assert report_of(m).policy == "bulk"
+
+
+def test_an_unknown_message_policy_is_an_error(site: SMTPTestServer) -> None:
+    m = message("ann@example.org")
+    m.mailpolicy_policy = "no-such-policy"  # type: ignore[attr-defined]
+    with pytest.raises(ImproperlyConfigured, match=r"message\.mailpolicy_policy"):
+        m.send()
+    assert site.rcpt_addresses() == []
+
+
+# --- signals ------------------------------------------------------------------------------
+
+
+def test_a_failing_receiver_never_fails_the_send(site: SMTPTestServer) -> None:
+    def broken(**kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    signals.delivered.connect(broken, weak=False)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            assert mail.send_mail("Hi", "B", "app@example.com", ["ann@example.org"]) == 1
+    finally:
+        signals.delivered.disconnect(broken)
+    errors = [e for e in logs if e["event"] == "mail.signal_error"]
+    assert len(errors) == 1
+    assert errors[0]["error"] == "RuntimeError: receiver bug"
+
+
+# --- settings checked when the backend is built -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "match"),
+    [
+        ({"POLCY": "default"}, r"unknown keys 'POLCY'; expected some of POLICY, POLICIES"),
+        ({"POLICY": "/nonexistent/p.toml"}, r"MAILPOLICY\['POLICY'\] = '/nonexistent/p\.toml'"),
+        ({"POLICY": "no-such"}, r"MAILPOLICY\['POLICY'\] = 'no-such': expected a shipped"),
+        ({"POLICIES": {"x": 3}}, r"MAILPOLICY\['POLICIES'\]\['x'\] must be"),
+        ({"STORE": "sqlite:///tmp/mail.db"}, r"MAILPOLICY\['STORE'\].*arrive with .*outbox"),
+        ({"STORE": "mail.db"}, r"MAILPOLICY\['STORE'\] must be a store URL"),
+        ({"ALLOW_INSECURE_AUTH": "yes"}, r"MAILPOLICY\['ALLOW_INSECURE_AUTH'\] must be True"),
+        ({"RECIPIENT_STYLE": "plain"}, r"MAILPOLICY\['RECIPIENT_STYLE'\] must be one of"),
+    ],
+)
+def test_misconfiguration_fails_when_the_backend_is_built(
+    setting: dict[str, Any], match: str
+) -> None:
+    with override_settings(MAILPOLICY=setting), pytest.raises(ImproperlyConfigured, match=match):
+        mail.get_connection()
+
+
+def test_setup_errors_are_also_value_errors() -> None:
+    with (
+        override_settings(MAILPOLICY={"POLICY": 42}),
+        pytest.raises(ValueError, match="MAILPOLICY") as caught,
+    ):
+        mail.get_connection()
+    assert isinstance(caught.value, ImproperlyConfiguredError)
+    assert isinstance(caught.value, ConfigurationError)
+
+
+def test_keyword_options_win_and_are_named() -> None:
+    with override_settings(MAILPOLICY={"POLICY": "bulk"}):
+        assert mail.get_connection(policy="transactional").options.policy.name == "transactional"
+        with pytest.raises(ImproperlyConfigured, match=r"EmailBackend\(policy=\.\.\.\)"):
+            mail.get_connection(policy="no-such")
+
+
+def test_use_tls_and_use_ssl_is_djangos_value_error() -> None:
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        EmailBackend(use_tls=True, use_ssl=True)
+
+
+def test_a_bad_timeout_fails_at_setup() -> None:
+    with pytest.raises(ImproperlyConfigured, match="timeout must be a positive"):
+        EmailBackend(timeout=-1)
+
+
+# --- security -----------------------------------------------------------------------------
+
+
+def test_auth_offered_over_plaintext_is_refused_before_credentials(
+    smtp_server_factory: Factory,
+) -> None:
+    server = smtp_server_factory(auth={"app": PASSWORD}, auth_require_tls=False)
+    backend = EmailBackend(
+        host=server.host, port=server.port, username="app", password=PASSWORD, fail_silently=True
+    )
+    with pytest.raises(ImproperlyConfigured, match=r"MAILPOLICY\['ALLOW_INSECURE_AUTH'\]"):
+        backend.open()  # a setup error: never silenced
+    with pytest.raises(ImproperlyConfigured):
+        backend.send_messages([message("ann@example.org")])
+    assert server.auth_attempts == []
+    assert backend.connection is None
+
+
+def test_auth_over_plaintext_when_allowed(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(auth={"app": PASSWORD}, auth_require_tls=False)
+    backend = EmailBackend(
+        host=server.host,
+        port=server.port,
+        username="app",
+        password=PASSWORD,
+        allow_insecure_auth=True,
+    )
+    assert backend.send_messages([message("ann@example.org")]) == 1
+    assert [(a.login, a.success) for a in server.auth_attempts] == [("app", True)]
+
+
+def test_a_username_without_auth_offered_is_smtplibs_error(site: SMTPTestServer) -> None:
+    backend = mail.get_connection(username="app", password=PASSWORD)
+    with pytest.raises(smtplib.SMTPNotSupportedError, match="SMTP AUTH extension not supported"):
+        backend.open()
+    assert backend._partial_connection is not None  # kept as Django does, closed by close()
+    backend.close()
+
+
+def test_use_tls_is_verified_starttls(smtp_tls_server: SMTPTestServer) -> None:
+    backend = EmailBackend(host="127.0.0.1", port=smtp_tls_server.port, use_tls=True)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        backend.open()  # the test CA is not a system root
+    backend.close()  # the partial connection, as with Django's backend
+    backend = EmailBackend(host="127.0.0.1", port=smtp_tls_server.port, use_tls=True)
+    backend.ssl_context = smtp_tls_server.client_ssl_context()
+    assert backend.send_messages([message("ann@example.org")]) == 1
+    assert smtp_tls_server.messages[0].tls
+
+
+def test_use_ssl_is_verified_implicit_tls(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(implicit_tls=True)
+    backend = EmailBackend(host="127.0.0.1", port=server.port, use_ssl=True)
+    backend.ssl_context = server.client_ssl_context()
+    assert backend.send_messages([message("ann@example.org")]) == 1
+    assert server.messages[0].tls
+
+
+def test_a_client_certificate_keeps_the_system_roots(tmp_path: Path) -> None:
+    files = TLSFiles.issue("client.test")
+    pem = tmp_path / "client.pem"
+    pem.write_bytes(files.private_key_pem + files.cert_chain_pem)
+    context = EmailBackend(use_tls=True, ssl_certfile=str(pem), ssl_keyfile=str(pem)).ssl_context
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    system = ssl.create_default_context().cert_store_stats()["x509_ca"]
+    assert context.cert_store_stats()["x509_ca"] == system
+
+
+# --- the example site ---------------------------------------------------------------------
+
+
+def test_the_example_sites_command(site: SMTPTestServer) -> None:
+    site.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    root = Path(__file__).resolve().parent.parent / "examples" / "django_site"
+    env = dict(os.environ, EMAIL_HOST=site.host, EMAIL_PORT=str(site.port))
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "send_welcome", "ann@example.org", "bob@example.org"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stdout.splitlines()
+    assert "ann@example.org\tdelivered\tdelivered\t250\t1" in lines
+    assert "bob@example.org\tbounced\tmailbox_unknown\t550 5.1.1\t1" in lines
+    assert "1 of 2 messages sent" in lines
+    assert "dead address bob@example.org" in done.stderr  # the bounced signal's receiver
+    assert site.connections == 1
