@@ -11,6 +11,7 @@ from ._classify import Verdict, classify, classify_error
 from ._dsn import DeliveryStatusReport, DsnError, DsnRecipient, DsnVerdict, judge_dsn, parse_dsn
 from ._errors import (
     ConfigurationError,
+    DeliveryIncomplete,
     InvalidInputError,
     MailPolicyError,
     MessageError,
@@ -39,6 +40,7 @@ __all__ = [
     "CheckedAddress",
     "ConfigurationError",
     "Decision",
+    "DeliveryIncomplete",
     "DeliveryReport",
     "DeliveryStatusReport",
     "DsnError",
