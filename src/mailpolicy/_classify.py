@@ -179,6 +179,21 @@ def classify_parsed(
     status = parsed.status
     code_s = "" if code is None else str(code)
     status_s = status or ""
+    if code_s[:1] in ("2", "3") or (code is None and status_s[:1] == "2"):
+        # Success needs no rule: the reply class decides (the common case, kept cheap).
+        return Verdict(
+            code=code,
+            status=status,
+            kind="success",
+            reason="delivered",
+            retry=False,
+            suppress=False,
+            scope="recipient" if stage in RECIPIENT_STAGES else "message",
+            retry_after=None,
+            rule="code.2xx" if code is not None else "status.2xx",
+            stage=stage,
+            action="deliver",
+        )
 
     status_rule: Rule | None = None
     if status is not None and status[0] != "2":

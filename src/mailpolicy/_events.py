@@ -43,8 +43,14 @@ def show_recipient(address: str, style: RecipientStyle) -> str:
     return f"{local[:1]}***@{domain}" if local else f"***@{domain}"
 
 
+#: A lazy proxy: it resolves structlog's global configuration when used (so an app's
+#: structlog.configure() and structlog.testing.capture_logs() apply), and making it once
+#: spares building one per event.
+_LOGGER: Final = structlog.get_logger(LOGGER_NAME)
+
+
 def _logger() -> Any:
-    return structlog.get_logger(LOGGER_NAME)
+    return _LOGGER
 
 
 def delivery(state: str, **fields: Any) -> None:

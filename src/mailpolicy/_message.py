@@ -128,23 +128,28 @@ def _check_headers(message: Message) -> None:
 
 #: Headers whose addresses, if internationalised, make the message need SMTPUTF8.
 _ADDRESS_HEADERS: Final = ("from", "sender", "reply-to", "to", "cc")
+#: Every header prepare_message reads addresses from.
+_ENVELOPE_HEADERS: Final = frozenset({*_ADDRESS_HEADERS, "bcc"})
 
 
-def _needs_utf8_headers(message: Message) -> bool:
-    """An address (not a display name) with non-ASCII characters in a header: RFC 2047
-    encoded-words may not stand inside an address (§5), so such a header can only be
-    sent as raw UTF-8 to a server that offers SMTPUTF8 (RFC 6532)."""
-    return any(
-        not address.isascii()
-        for name in _ADDRESS_HEADERS
-        for value in raw_header_values(message, name)
-        for address in split_addresses(value)
-    )
+def _header_addresses(message: Message) -> dict[str, list[str]]:
+    """The addresses of every address header, by lower-case header name, parsed once."""
+    found: dict[str, list[str]] = {}
+    for key, value in message.raw_items():
+        name = key.lower()
+        if name in _ENVELOPE_HEADERS:
+            tree = getattr(value, "_parse_tree", None)  # email.headerregistry.BaseHeader
+            text = _FOLD.sub(" ", str(tree) if tree is not None else str(value))
+            found.setdefault(name, []).extend(split_addresses(text))
+    return found
 
 
-def _serialise(message: Message) -> tuple[bytes, bool]:
+def _serialise(message: Message, *, utf8_addresses: bool) -> tuple[bytes, bool]:
+    """The message's bytes, and whether they need SMTPUTF8. An address (not a display
+    name) with non-ASCII characters in a header cannot be an RFC 2047 encoded-word (§5):
+    such headers are written as raw UTF-8 for a server offering SMTPUTF8 (RFC 6532)."""
     policy: Policy = message.policy
-    if not (isinstance(policy, EmailPolicy) and _needs_utf8_headers(message)):
+    if not (isinstance(policy, EmailPolicy) and utf8_addresses):
         try:
             return message.as_bytes(policy=policy.clone(linesep="\r\n")), False
         except (UnicodeEncodeError, UnicodeError):
@@ -177,24 +182,26 @@ def prepare_message(
     if not isinstance(message, Message):
         raise MessageError(f"expected an email.message.EmailMessage, not {type(message).__name__}")
     _check_headers(message)
+    addresses = _header_addresses(message)
     if envelope_from is None:
-        found = [a for h in ("sender", "from") for v in raw_header_values(message, h)
-                 for a in split_addresses(v)]  # fmt: skip
+        found = [*addresses.get("sender", ()), *addresses.get("from", ())]
         if not found:
             raise MessageError("the message has no From or Sender address, and no envelope_from")
         envelope_from = found[0]
     elif not isinstance(envelope_from, str):
         raise MessageError("envelope_from must be a str")
     if recipients is None:
-        recipients = [a for h in ("to", "cc", "bcc") for v in raw_header_values(message, h)
-                      for a in split_addresses(v)]  # fmt: skip
+        recipients = [*addresses.get("to", ()), *addresses.get("cc", ()), *addresses.get("bcc", ())]
     elif isinstance(recipients, str) or not all(isinstance(r, str) for r in recipients):
         raise MessageError("recipients must be a list of str")
     unique = _unique(recipients)
     if not unique:
         raise MessageError("the message has no recipients (To, Cc, Bcc or recipients=)")
 
-    data, smtputf8 = _serialise(message)
+    utf8_addresses = any(
+        not a.isascii() for name in _ADDRESS_HEADERS for a in addresses.get(name, ())
+    )
+    data, smtputf8 = _serialise(message, utf8_addresses=utf8_addresses)
     data = _EOL.sub(b"\r\n", data)
     head_end = data.find(b"\r\n\r\n")
     head, body = (data, b"") if head_end < 0 else (data[: head_end + 2], data[head_end + 2 :])
@@ -219,6 +226,6 @@ def prepare_message(
         recipients=unique,
         data=data,
         wire_data=wire_data,
-        eight_bit=any(b > 0x7F for b in data),
+        eight_bit=not data.isascii(),
         smtputf8=smtputf8,
     )

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from . import _events as events
-from ._address import CheckedAddress, check_address
+from ._address import CheckedAddress, check_address, check_address_cached
 from ._classify import Verdict
 from ._errors import ConfigurationError
 from ._inline import AttemptInfo, InlineRetrier
@@ -369,12 +369,19 @@ class Sender:
     def _checker(self) -> Callable[[str], CheckedAddress]:
         a = self.policy.address
         allow = frozenset(d.lower() for d in a.allow_domains)
+        if not a.check_deliverability:
+            mode = a.mode
+            return lambda address: (
+                check_address_cached(address, mode, allow)
+                if isinstance(address, str)
+                else check_address(address, mode=mode, allow_domains=allow)
+            )
 
         def check(address: str) -> CheckedAddress:
             return check_address(
                 address,
                 mode=a.mode,
-                check_deliverability=a.check_deliverability,
+                check_deliverability=True,
                 allow_domains=allow,
             )
 
@@ -417,9 +424,11 @@ class Sender:
             eod = self._end_of_data_timeout
             if eod is None:
                 eod = min(policy.queue.end_of_data_timeout, max(left, timeout))
-            self._session.settings = replace(
-                self.settings, timeout=timeout, end_of_data_timeout=eod
-            )
+            current = self._session.settings
+            if current.timeout != timeout or current.end_of_data_timeout != eod:
+                self._session.settings = replace(
+                    self.settings, timeout=timeout, end_of_data_timeout=eod
+                )
             attempt_started = self._monotonic()
             self._run_attempt(prepared, sender, todo, smtputf8=smtputf8, relay=relay)
             self._emit_attempt(prepared, info.number, todo, attempt_started)
