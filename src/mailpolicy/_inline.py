@@ -175,20 +175,29 @@ class InlineRetrier:
             run.slept.append(float(seconds))
             self.sleep(float(seconds))
 
-        stop = _StopAfterAttempts(run, settings.max_attempts) | _StopBeforeDeadline(
-            run, self.clock, settings.deadline
-        )
-        if self.relay is not None and self.budget is not None:
-            stop = stop | _StopWhenBudgetEmpty(run, self.relay, self.budget)
-        retrying = Retrying(
-            sleep=sleep,
-            stop=stop,
-            wait=_PolicyWait(settings.backoff, self.rng),
-            retry=retry_if_result(lambda outcome: outcome.decision.inline),
-            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-            reraise=True,
-        )
-        outcome: OutcomeT = retrying(call)
+        outcome: OutcomeT = call()
+        if outcome.decision.inline:
+            # Only now is tenacity needed (most sends succeed at once, and building the
+            # controller costs more than the rest of a successful send's bookkeeping).
+            # It is handed the first outcome again, so it decides the wait and the stop
+            # exactly as if it had made the first call itself.
+            replay = [outcome]
+            stop = _StopAfterAttempts(run, settings.max_attempts) | _StopBeforeDeadline(
+                run, self.clock, settings.deadline
+            )
+            if self.relay is not None and self.budget is not None:
+                stop = stop | _StopWhenBudgetEmpty(run, self.relay, self.budget)
+            retrying = Retrying(
+                sleep=sleep,
+                stop=stop,
+                wait=_PolicyWait(settings.backoff, self.rng),
+                retry=retry_if_result(lambda o: o.decision.inline),
+                retry_error_callback=lambda state: (
+                    state.outcome.result() if state.outcome else None
+                ),
+                reraise=True,
+            )
+            outcome = retrying(lambda: replay.pop() if replay else call())
         if outcome.decision.action == "deliver" and self.relay is not None and self.budget:
             self.relay.record_success(self.budget, retries=run.attempts - 1)
         return InlineResult(

@@ -119,8 +119,10 @@ def raw_header_values(message: Message, name: str) -> list[str]:
 def _check_headers(message: Message) -> None:
     for part in message.walk():
         for key, value in part.raw_items():
-            text = _FOLD.sub(" ", str(value))
-            if _BAD_IN_HEADER.search(key) or _BAD_IN_HEADER.search(text):
+            text = str(value)
+            if not _BAD_IN_HEADER.search(text) and not _BAD_IN_HEADER.search(key):
+                continue  # the common case: no CR, LF or NUL at all, not even a fold
+            if _BAD_IN_HEADER.search(key) or _BAD_IN_HEADER.search(_FOLD.sub(" ", text)):
                 raise MessageError(
                     f"header {key[:40]!r} contains CR, LF or NUL (header injection refused)"
                 )
@@ -138,10 +140,22 @@ def _header_addresses(message: Message) -> dict[str, list[str]]:
     for key, value in message.raw_items():
         name = key.lower()
         if name in _ENVELOPE_HEADERS:
-            tree = getattr(value, "_parse_tree", None)  # email.headerregistry.BaseHeader
-            text = _FOLD.sub(" ", str(tree) if tree is not None else str(value))
-            found.setdefault(name, []).extend(split_addresses(text))
+            found.setdefault(name, []).extend(_addresses_of(value))
     return found
+
+
+def _addresses_of(value: object) -> list[str]:
+    """The addr-specs of one header value as the user wrote them. A header set through
+    ``EmailMessage`` is already parsed: its addresses are used unless the parser had to
+    give up on one (``two@@example.org`` becomes ``<>``), in which case its parse tree
+    still holds the original text; a raw string is tokenised here."""
+    parsed = getattr(value, "addresses", None)  # email.headerregistry.AddressHeader
+    if parsed is not None and not getattr(value, "defects", ()):
+        specs = [a.addr_spec for a in parsed]
+        if all(spec and spec != "<>" and "@" in spec for spec in specs):
+            return specs
+    tree = getattr(value, "_parse_tree", None)  # email.headerregistry.BaseHeader
+    return split_addresses(_FOLD.sub(" ", str(tree) if tree is not None else str(value)))
 
 
 def _serialise(message: Message, *, utf8_addresses: bool) -> tuple[bytes, bool]:

@@ -9,6 +9,7 @@ one ``mail.delivery`` event per recipient.
 
 from __future__ import annotations
 
+import math
 import smtplib
 import ssl
 import time
@@ -422,8 +423,8 @@ class Sender:
             if self._fixed_timeout is None and info.timeout > 0:
                 timeout = info.timeout
             eod = self._end_of_data_timeout
-            if eod is None:
-                eod = min(policy.queue.end_of_data_timeout, max(left, timeout))
+            if eod is None:  # whole seconds: the same value send after send
+                eod = min(policy.queue.end_of_data_timeout, float(math.ceil(max(left, timeout))))
             current = self._session.settings
             if current.timeout != timeout or current.end_of_data_timeout != eod:
                 self._session.settings = replace(
