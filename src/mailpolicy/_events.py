@@ -9,9 +9,12 @@ Recipients are masked by default; passwords never appear.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
+
+if TYPE_CHECKING:
+    from ._outcome import RecipientOutcome
 
 RecipientStyle = Literal["mask", "full", "hash"]
 RECIPIENT_STYLES: Final[tuple[RecipientStyle, ...]] = ("mask", "full", "hash")
@@ -56,6 +59,38 @@ def _logger() -> Any:
 def delivery(state: str, **fields: Any) -> None:
     """Emit ``mail.delivery`` at the level its state calls for."""
     getattr(_logger(), _LEVEL.get(state, "info"))("mail.delivery", state=state, **fields)
+
+
+def outcome(
+    o: RecipientOutcome,
+    *,
+    message_id: str,
+    policy: str,
+    server: str,
+    style: RecipientStyle,
+    elapsed_ms: float | None = None,
+    **extra: Any,
+) -> None:
+    """The ``mail.delivery`` event of one recipient's outcome (DESIGN.md §5 fields)."""
+    delivery(
+        o.state,
+        message_id=message_id,
+        recipient=show_recipient(o.recipient, style),
+        domain=o.recipient.rpartition("@")[2].lower(),
+        reason=o.reason,
+        code=o.code,
+        status=o.status,
+        attempts=o.attempts,
+        elapsed_ms=None if elapsed_ms is None else round(elapsed_ms, 3),
+        policy=policy,
+        server=server,
+        ambiguous=o.ambiguous,
+        next_attempt_at=None if o.next_attempt_at is None else o.next_attempt_at.isoformat(),
+        persisted=o.persisted,
+        rule=o.rule,
+        action=o.action,
+        **extra,
+    )
 
 
 def attempt(**fields: Any) -> None:

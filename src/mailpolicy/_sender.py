@@ -620,23 +620,11 @@ class Sender:
 
     def _emit(self, report: DeliveryReport) -> None:
         for o in report.outcomes:
-            events.delivery(
-                o.state,
+            events.outcome(
+                o,
                 message_id=report.message_id,
-                recipient=events.show_recipient(o.recipient, self.recipient_style),
-                domain=o.recipient.rpartition("@")[2].lower(),
-                reason=o.reason,
-                code=o.code,
-                status=o.status,
-                attempts=o.attempts,
-                elapsed_ms=round(report.elapsed_ms, 3),
                 policy=report.policy,
                 server=report.relay,
-                ambiguous=o.ambiguous,
-                next_attempt_at=None
-                if o.next_attempt_at is None
-                else o.next_attempt_at.isoformat(),
-                persisted=o.persisted,
-                rule=o.rule,
-                action=o.action,
+                style=self.recipient_style,
+                elapsed_ms=report.elapsed_ms,
             )

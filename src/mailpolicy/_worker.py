@@ -269,24 +269,12 @@ class Worker:
                     ),
                 )
             )
-            events.delivery(
-                outcome.state,
+            events.outcome(
+                replace(outcome, persisted=outcome.state in ("deferred", "held")),
                 message_id=claim.message.message_id,
-                recipient=events.show_recipient(p.recipient, sender.recipient_style),
-                domain=p.recipient.rpartition("@")[2].lower(),
-                reason=outcome.reason,
-                code=outcome.code,
-                status=outcome.status,
-                attempts=outcome.attempts,
                 policy=policy.name,
                 server=sender.relay,
-                ambiguous=outcome.ambiguous,
-                next_attempt_at=None
-                if outcome.next_attempt_at is None
-                else outcome.next_attempt_at.isoformat(),
-                persisted=outcome.state in ("deferred", "held"),
-                rule=outcome.rule,
-                action=outcome.action,
+                style=sender.recipient_style,
                 worker=self.owner,
             )
         self.store.record_attempt(claim, updates, now=now)
