@@ -236,3 +236,29 @@ def test_cli_outbox_and_suppression_round_trip(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert "postgresql" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_soft_bounces_escalate_to_suppression(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """[suppression] soft_bounce_limit full-mailbox replies within the window put the
+    address on the list (a policy with a limit of 3)."""
+    from mailpolicy import load_policy
+
+    policy_file = tmp_path / "soft.toml"
+    policy_file.write_text(
+        'schema = 1\nname = "soft"\nextends = "default"\ndescription = "three soft bounces"\n'
+        '[suppression]\nsoft_bounce_limit = 3\nsoft_bounce_window = "7d"\n'
+    )
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    smtp_server.script.rcpt("carl@example.org", *["452 4.2.2 Mailbox full"] * 3)
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", store=store,
+        policy=load_policy(policy_file), clock=clock.time, monotonic=clock.now,
+        sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
+    )  # fmt: skip
+    with sender:
+        states = [sender.send(message("carl@example.org")).outcomes[0].state for _ in range(4)]
+    store.close()
+    assert states == ["deferred", "deferred", "deferred", "suppressed"]
+    assert smtp_server.rcpt_addresses().count("carl@example.org") == 3

@@ -105,11 +105,18 @@ class AddressSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SuppressionSettings:
-    """Whether ``suppress`` decisions add to the list, and for how long (None: forever)."""
+    """Whether ``suppress`` decisions add to the list, and for how long (None: forever).
+
+    Soft bounces escalate: a recipient-level failure that is not final (a full mailbox, a
+    4xx "user unknown") counts for its address in the store; ``soft_bounce_limit`` of them
+    within ``soft_bounce_window`` put the address on the list (0 turns this off).
+    """
 
     enabled: bool = True
     check_before_send: bool = True
     ttl: float | None = 365 * 86400.0
+    soft_bounce_limit: int = 5
+    soft_bounce_window: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -298,6 +298,8 @@ SECTIONS: Final[dict[str, dict[str, Field]]] = {
         "enabled": boolean,
         "check_before_send": boolean,
         "ttl": duration_or_never,
+        "soft_bounce_limit": integer(0, 1000),
+        "soft_bounce_window": duration,
     },
 }
 #: The keys of a ``[schedules.NAME]`` table.

@@ -41,12 +41,15 @@ from ._session import (
     StageError,
 )
 from ._store import Attempt, NewRecipient, Store, open_store
-from ._vocab import REASONS, Reason
+from ._vocab import DEAD_ADDRESS_REASONS, REASONS, Reason
 
 _DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25}
 #: Stages at which a failure is the relay's, for the circuit breaker.
 _CONNECTION_STAGES: Final = frozenset({"connect", "greeting", "ehlo", "starttls"})
 _NETWORK_REASONS: Final = frozenset({"network_error", "timeout"})
+#: Failures that say something about the address without being final (DESIGN.md §2):
+#: they count toward [suppression] soft_bounce_limit.
+_SOFT_BOUNCE_REASONS: Final = DEAD_ADDRESS_REASONS | {"mailbox_full"}
 
 
 @dataclass(slots=True)
@@ -318,20 +321,9 @@ class Sender:
         if store is None:
             return
         now = self._clock()
-        suppression = self.policy.suppression
         wires = {p.recipient: p.wire for p in pending}
         for o in outcomes.values():
-            if o.action == "suppress" and o.state == "bounced" and suppression.enabled:
-                store.add_suppression(
-                    wires.get(o.recipient, o.recipient),
-                    reason=o.reason,
-                    now=now,
-                    ttl=suppression.ttl,
-                    code=o.code,
-                    status=o.status,
-                    text=o.text,
-                    policy=self.policy.name,
-                )
+            self._suppress_if_dead(store, wires.get(o.recipient, o.recipient), o, now)
         if not any(o.state in ("deferred", "held") for o in outcomes.values()):
             return
         records = []
@@ -366,6 +358,37 @@ class Sender:
         for recipient, o in list(outcomes.items()):
             if o.state in ("deferred", "held"):
                 outcomes[recipient] = replace(o, persisted=True)
+
+    def _suppress_if_dead(
+        self, store: Store, address: str, o: RecipientOutcome, now: float
+    ) -> None:
+        """Add ``address`` to the suppression list when the policy suppressed it, or when
+        this soft bounce (a full mailbox, a 4xx dead-address reply) is the policy's
+        ``soft_bounce_limit``-th within ``soft_bounce_window``."""
+        suppression = self.policy.suppression
+        if not suppression.enabled:
+            return
+        text = o.text
+        if o.action != "suppress" or o.state != "bounced":
+            soft = o.reason in _SOFT_BOUNCE_REASONS and o.state in ("deferred", "bounced")
+            if not soft or suppression.soft_bounce_limit <= 0:
+                return
+            count = store.record_soft_bounce(
+                address, now=now, window=suppression.soft_bounce_window
+            )
+            if count < suppression.soft_bounce_limit:
+                return
+            text = f"{count} soft bounces within the policy's window; last: {o.text}"
+        store.add_suppression(
+            address,
+            reason=o.reason,
+            now=now,
+            ttl=suppression.ttl,
+            code=o.code,
+            status=o.status,
+            text=text,
+            policy=self.policy.name,
+        )
 
     def _checker(self) -> Callable[[str], CheckedAddress]:
         a = self.policy.address

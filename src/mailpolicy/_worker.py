@@ -233,16 +233,7 @@ class Worker:
                     outcome = replace(outcome, state="bounced", next_attempt_at=None)
                 elif step.next_attempt_at is not None:
                     outcome = replace(outcome, next_attempt_at=utc(step.next_attempt_at))
-            if (
-                outcome.action == "suppress"
-                and outcome.state == "bounced"
-                and policy.suppression.enabled
-            ):
-                self.store.add_suppression(
-                    p.wire, reason=outcome.reason, now=now, ttl=policy.suppression.ttl,
-                    code=outcome.code, status=outcome.status, text=outcome.text,
-                    policy=policy.name,
-                )  # fmt: skip
+            sender._suppress_if_dead(self.store, p.wire, outcome, now)
             self.stats.count(outcome.state)
             updates.append(
                 RecipientUpdate(
