@@ -262,3 +262,27 @@ def test_soft_bounces_escalate_to_suppression(
     store.close()
     assert states == ["deferred", "deferred", "deferred", "suppressed"]
     assert smtp_server.rcpt_addresses().count("carl@example.org") == 3
+
+
+def test_worker_threads_share_the_outbox_without_duplicates(
+    smtp_server: SMTPTestServer, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'threads.sqlite3'}"
+    store = open_store(url)
+    clock = FakeClock(wall=time.time())
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 15)
+    with make_sender(smtp_server, store, clock, RelayRegistry()) as sender:
+        for i in range(15):
+            sender.send(message(f"t{i}@example.org"))
+    store.retry_now(now=time.time())
+    store.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "mailpolicy", "worker", "--store", url, "--host",
+         smtp_server.host, "--port", str(smtp_server.port), "--security", "none", "--once",
+         "--concurrency", "3"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "3 worker(s)" in done.stdout
+    rcpts = [r for m in smtp_server.messages for r in m.rcpt_tos]
+    assert sorted(rcpts) == sorted(f"t{i}@example.org" for i in range(15))

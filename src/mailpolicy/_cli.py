@@ -160,37 +160,62 @@ def _password(args: argparse.Namespace, command: str) -> str | None:
 
 def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     from ._store import open_store  # noqa: PLC0415
-    from ._worker import Worker  # noqa: PLC0415
+    from ._worker import Worker, WorkerStats  # noqa: PLC0415
 
-    store = open_store(args.store)
-    worker = Worker(
-        store,
-        args.host,
-        args.port,
-        security=args.security,
-        username=args.username,
-        password=_password(args, "worker"),
-        policy=args.policy,
-        lease=args.lease,
-        allow_insecure_auth=args.allow_insecure_auth,
-    )
+    if args.concurrency < 1:
+        raise SystemExit("mailpolicy worker: --concurrency must be at least 1")
+    password = _password(args, "worker")
+    stop_event = threading.Event()
+    stores = [open_store(args.store) for _ in range(args.concurrency)]
+    workers = []
+    for store in stores:  # one store connection and one SMTP connection per thread
+        worker = Worker(
+            store,
+            args.host,
+            args.port,
+            security=args.security,
+            username=args.username,
+            password=password,
+            policy=args.policy,
+            lease=args.lease,
+            allow_insecure_auth=args.allow_insecure_auth,
+        )
+        worker.stop_requested = stop_event
+        workers.append(worker)
 
     def stop(signum: int, frame: object) -> None:
         # Finish the current transaction, release what is claimed but unsent, exit 0.
-        worker.stop_requested.set()
+        stop_event.set()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    results: list[WorkerStats] = []
+
+    def run(worker: Worker) -> None:
+        results.append(worker.run_once() if args.once else worker.run_forever(poll=args.poll))
+
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
     try:
-        stats = worker.run_once() if args.once else worker.run_forever(poll=args.poll)
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.2)  # short joins keep the main thread responsive to signals
     finally:
-        worker.close()
-        store.close()
+        for w in workers:
+            w.close()
+        for store in stores:
+            store.close()
+    total = WorkerStats()
+    for r in results:
+        for name in ("claims", "delivered", "deferred", "bounced", "held"):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
     out.write(
-        f"worker {worker.owner}: {stats.claims} claim(s), {stats.delivered} delivered, "
-        f"{stats.deferred} deferred, {stats.bounced} bounced, {stats.held} held\n"
+        f"{len(workers)} worker(s): {total.claims} claim(s), {total.delivered} delivered, "
+        f"{total.deferred} deferred, {total.bounced} bounced, {total.held} held\n"
     )
     return 0
 
@@ -383,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--lease", type=_duration, default=900.0, help="claim lease (default 15m)")
     w.add_argument("--poll", type=_duration, default=5.0, help="idle wait between scans")
     w.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    w.add_argument("--concurrency", type=int, default=1, help="worker threads (default 1)")
     w.set_defaults(handler=_cmd_worker)
 
     o = sub.add_parser("outbox", help="inspect and steer the outbox")
