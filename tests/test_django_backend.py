@@ -9,11 +9,15 @@ settings checks. Inline retries use a policy with millisecond backoff, so nothin
 from __future__ import annotations
 
 import os
+import signal as os_signal
 import smtplib
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +33,24 @@ if not settings.configured:
         EMAIL_BACKEND="mailpolicy.django.EmailBackend",
         DEFAULT_FROM_EMAIL="app@example.com",
         USE_TZ=True,
+        INSTALLED_APPS=["mailpolicy.django"],  # the management commands
     )
     django.setup()
 
 from django.core import mail  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.mail import EmailMessage  # noqa: E402
+from django.core.management import CommandError, call_command  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
+import mailpolicy  # noqa: E402
 from mailpolicy import ConfigurationError, DeliveryReport, MailPolicyError  # noqa: E402
+from mailpolicy._store import Store, open_store  # noqa: E402
 from mailpolicy.django import (  # noqa: E402
     DeliveryIncomplete,
     EmailBackend,
     ImproperlyConfiguredError,
+    close_stores,
     signals,
 )
 from mailpolicy.testing import SMTPTestServer, TLSFiles, unused_port  # noqa: E402
@@ -94,6 +103,25 @@ def received() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     yield seen
     for signal, receiver in receivers:
         signal.disconnect(receiver)
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> Iterator[str]:
+    """A SQLite store URL in a temporary directory; the backend's shared stores are
+    closed afterwards."""
+    yield f"sqlite:///{tmp_path / 'outbox.sqlite3'}"
+    close_stores()
+
+
+@pytest.fixture
+def store_site(site: SMTPTestServer, fast_policy: str, store_url: str) -> Iterator[Store]:
+    """``site`` with ``MAILPOLICY["STORE"]`` set; yields a second connection to the store,
+    for the assertions."""
+    with (
+        override_settings(MAILPOLICY={"POLICY": fast_policy, "STORE": store_url}),
+        open_store(store_url) as store,
+    ):
+        yield store
 
 
 def message(*to: str, **kwargs: Any) -> EmailMessage:
@@ -223,6 +251,8 @@ def test_a_deferred_recipient_raises_with_the_report(
     ]
     assert error.report.pending[0].persisted is False
     assert "b***@example.org deferred (greylisted, 450 4.2.0)" in str(error)
+    assert "no MAILPOLICY['STORE'] keeps them" in str(error)
+    assert DeliveryIncomplete is mailpolicy.DeliveryIncomplete  # one class everywhere
     assert site.delivered_to("cat@example.org") == 1  # the batch went on
     assert [s for s, _ in received].count("deferred") == 1
 
@@ -266,16 +296,167 @@ def test_a_421_greeting_at_open_is_retried_inside_send_messages(site: SMTPTestSe
     assert states(m) == {"ann@example.org": ("delivered", "delivered")}
 
 
-@pytest.mark.skip(reason="needs the durable store, which arrives with the outbox")
-def test_suppression_across_sends() -> None:
+# --- with a store ---------------------------------------------------------------------------
+
+
+def test_suppression_across_sends(
+    site: SMTPTestServer, store_site: Store, received: list[tuple[str, dict[str, Any]]]
+) -> None:
     """A 550 5.1.1 suppresses the address; the next send reports it ``suppressed``
-    without an RCPT for it."""
+    without an RCPT for it (and the backend built for it is a new one: the store is
+    shared)."""
+    server = site
+    server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    first = message("bob@example.org", "ann@example.org")
+    assert mail.get_connection().send_messages([first]) == 1
+    assert states(first)["bob@example.org"] == ("bounced", "mailbox_unknown")
+    second = message("bob@example.org", "ann@example.org")
+    assert mail.get_connection().send_messages([second]) == 1
+    assert states(second) == {
+        "bob@example.org": ("suppressed", "mailbox_unknown"),
+        "ann@example.org": ("delivered", "delivered"),
+    }
+    assert server.rcpt_addresses().count("bob@example.org") == 1  # no RCPT the second time
+    assert server.delivered_to("ann@example.org") == 2
+    (entry,) = store_site.suppressions(now=time.time())
+    assert (entry.address, entry.code, entry.status) == ("bob@example.org", 550, "5.1.1")
+    assert [s for s, _ in received].count("suppressed") == 1
+    # A message whose only recipient is suppressed was not accepted for delivery.
+    assert mail.send_mail("Hi", "B", "app@example.com", ["bob@example.org"]) == 0
 
 
-@pytest.mark.skip(reason="needs the durable store, which arrives with the outbox")
-def test_deferred_with_a_store_is_persisted_and_counts_as_sent() -> None:
+def test_deferred_with_a_store_is_persisted_and_counts_as_sent(
+    site: SMTPTestServer, store_site: Store, received: list[tuple[str, dict[str, Any]]]
+) -> None:
     """With MAILPOLICY["STORE"], a deferred recipient is saved (persisted=True), the
     message counts as sent and nothing is raised."""
+    server = site
+    greylisted = "450 4.2.0 Greylisted, try again in 300 seconds"
+    server.script.rcpt("bob@example.org", greylisted, greylisted)
+    m1 = message("ann@example.org", "bob@example.org")
+    m2 = message("bob@example.org")  # only a deferred recipient: still accepted
+    assert mail.get_connection().send_messages([m1, m2]) == 2
+    for m in (m1, m2):
+        (pending,) = report_of(m).pending
+        assert (pending.recipient, pending.state, pending.persisted) == (
+            "bob@example.org",
+            "deferred",
+            True,
+        )
+    counts = store_site.counts(now=time.time())
+    assert (counts["messages"], counts["deferred"], counts["delivered"]) == (2, 2, 1)
+    assert (counts["due"], counts["held"]) == (0, 0)  # not before the 300 s asked for
+    assert [kw["outcome"].persisted for s, kw in received if s == "deferred"] == [True, True]
+    assert server.delivered_to("ann@example.org") == 1
+
+
+def test_a_held_recipient_with_a_store_is_kept_for_the_operator(
+    site: SMTPTestServer, store_site: Store
+) -> None:
+    server = site
+    server.script.mail("530 5.7.0 Authentication required")
+    m = message("ann@example.org")
+    assert m.send() == 1  # kept: the worker tries again once the configuration is fixed
+    assert report_of(m).outcomes[0].state == "held"
+    assert report_of(m).outcomes[0].persisted
+    assert store_site.counts(now=time.time())["held"] == 1
+
+
+def test_the_store_is_opened_once_per_url(store_site: Store, store_url: str) -> None:
+    first, second = mail.get_connection(), mail.get_connection()
+    assert first.options.store is not None
+    assert first.options.store is second.options.store
+
+
+def test_a_store_object_is_used_as_given(site: SMTPTestServer, store_url: str) -> None:
+    with open_store(store_url) as store:
+        backend = EmailBackend(host=site.host, port=site.port, store=store)
+        assert backend.options.store is store
+        site.script.rcpt("ann@example.org", "452 4.2.2 Mailbox full")
+        m = message("ann@example.org")
+        assert backend.send_messages([m]) == 1
+        assert store.counts(now=time.time())["deferred"] == 1
+
+
+# --- management commands: mailpolicy_worker, mailpolicy_suppression ------------------------
+
+
+def test_the_worker_command_delivers_what_was_deferred(
+    site: SMTPTestServer, store_site: Store
+) -> None:
+    server = site
+    server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted, try again in 300 seconds")
+    m = message("ann@example.org", "bob@example.org")
+    assert m.send() == 1
+    out = StringIO()
+    call_command("mailpolicy_worker", "--once", stdout=out)
+    assert " 0 claim(s)" in out.getvalue()  # not due yet
+    assert store_site.retry_now(now=time.time()) == 1  # as `mailpolicy outbox retry-now`
+    out = StringIO()
+    with structlog.testing.capture_logs() as logs:
+        call_command("mailpolicy_worker", "--once", "--lease", "2m", stdout=out)
+    assert "1 claim(s), 1 delivered, 0 deferred" in out.getvalue()
+    # Saved with the site's policy, a file: the worker knew it by its name.
+    assert [(e["state"], e["policy"]) for e in logs if e["event"] == "mail.delivery"] == [
+        ("delivered", "fast")
+    ]
+    assert server.delivered_to("bob@example.org") == 1
+    assert server.delivered_to("ann@example.org") == 1  # never sent again
+    assert {r.parsed()["Message-ID"] for r in server.messages} == {report_of(m).message_id}
+    counts = store_site.counts(now=time.time())
+    assert (counts["deferred"], counts["delivered"]) == (0, 2)
+
+
+def test_the_worker_command_stops_on_sigterm(store_site: Store) -> None:
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), os_signal.SIGTERM))
+    previous = os_signal.getsignal(os_signal.SIGTERM)
+    out = StringIO()
+    timer.start()
+    try:
+        started = time.monotonic()
+        call_command("mailpolicy_worker", "--poll", "50ms", stdout=out)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10
+    assert "0 claim(s)" in out.getvalue()
+    assert os_signal.getsignal(os_signal.SIGTERM) is previous  # handlers put back
+
+
+def test_the_worker_command_needs_a_store(site: SMTPTestServer) -> None:
+    with pytest.raises(CommandError, match=r"MAILPOLICY\['STORE'\]"):
+        call_command("mailpolicy_worker", "--once")
+    with pytest.raises(CommandError, match="not a duration"):
+        call_command("mailpolicy_worker", "--once", "--lease", "15")
+
+
+def test_the_worker_command_checks_the_connection_settings(
+    store_site: Store, store_url: str
+) -> None:
+    with (
+        override_settings(EMAIL_HOST_USER="app", EMAIL_HOST_PASSWORD=PASSWORD),
+        pytest.raises(CommandError, match="allow_insecure_auth"),
+    ):
+        call_command("mailpolicy_worker", "--once")
+
+
+def test_the_suppression_command(store_site: Store) -> None:
+    out = StringIO()
+    call_command("mailpolicy_suppression", "add", "Bob@Example.org", stdout=out)
+    assert out.getvalue() == "suppressed bob@example.org\n"
+    out = StringIO()
+    call_command("mailpolicy_suppression", "list", stdout=out)
+    assert out.getvalue() == "bob@example.org\tmailbox_unknown\n"
+    m = message("bob@example.org", "ann@example.org")
+    assert m.send() == 1
+    assert states(m)["bob@example.org"] == ("suppressed", "mailbox_unknown")
+    out = StringIO()
+    call_command("mailpolicy_suppression", "remove", "bob@example.org", stdout=out)
+    assert out.getvalue() == "removed bob@example.org\n"
+    with pytest.raises(CommandError, match="not on the suppression list"):
+        call_command("mailpolicy_suppression", "remove", "bob@example.org")
+    with pytest.raises(CommandError, match="give the ADDRESS"):
+        call_command("mailpolicy_suppression", "add")
+    assert store_site.suppressions(now=time.time()) == []
 
 
 # --- connections --------------------------------------------------------------------------
@@ -372,8 +553,13 @@ def test_a_failing_receiver_never_fails_the_send(site: SMTPTestServer) -> None:
         ({"POLICY": "/nonexistent/p.toml"}, r"MAILPOLICY\['POLICY'\] = '/nonexistent/p\.toml'"),
         ({"POLICY": "no-such"}, r"MAILPOLICY\['POLICY'\] = 'no-such': expected a shipped"),
         ({"POLICIES": {"x": 3}}, r"MAILPOLICY\['POLICIES'\]\['x'\] must be"),
-        ({"STORE": "sqlite:///tmp/mail.db"}, r"MAILPOLICY\['STORE'\].*arrive with .*outbox"),
-        ({"STORE": "mail.db"}, r"MAILPOLICY\['STORE'\] must be a store URL"),
+        (
+            {"STORE": "sqlite:////nonexistent/dir/mail.db"},
+            r"MAILPOLICY\['STORE'\] = 'sqlite:////nonexistent/dir/mail\.db': .*nonexistent",
+        ),
+        ({"STORE": "mail.db"}, r"MAILPOLICY\['STORE'\] = 'mail\.db': not a store URL"),
+        ({"STORE": "postgresql://db/mail"}, r"MAILPOLICY\['STORE'\] = .*unsupported"),
+        ({"STORE": 3}, r"MAILPOLICY\['STORE'\] must be a store URL .* or a store object"),
         ({"ALLOW_INSECURE_AUTH": "yes"}, r"MAILPOLICY\['ALLOW_INSECURE_AUTH'\] must be True"),
         ({"RECIPIENT_STYLE": "plain"}, r"MAILPOLICY\['RECIPIENT_STYLE'\] must be one of"),
     ],

@@ -10,10 +10,12 @@ Inline retries use a policy file with a 10 ms backoff, so nothing sleeps for lon
 from __future__ import annotations
 
 import importlib.util
+import json
 import pickle
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -26,8 +28,10 @@ import pytest
 import structlog
 from flask import Flask
 
+import mailpolicy
 from mailpolicy import ConfigurationError, DeliveryReport, MessageError
 from mailpolicy._relaystate import RELAYS
+from mailpolicy._store import Store, open_store
 from mailpolicy.flask import DeliveryIncomplete, MailPolicy, MailSettings, message_dispatched
 from mailpolicy.testing import SMTPTestServer, unused_port
 
@@ -196,7 +200,9 @@ def test_a_deferred_recipient_raises_delivery_incomplete_with_the_report(
     assert "1 message has recipients neither delivered nor refused" in str(exc)
     assert "1 of 2 recipients pending" in str(exc)
     assert "b***@example.org deferred (greylisted, 450 4.2.0)" in str(exc)
+    assert "no MAILPOLICY_STORE keeps them" in str(exc)
     assert "bob@example.org" not in str(exc)  # masked, as in the events
+    assert DeliveryIncomplete is mailpolicy.DeliveryIncomplete  # one class everywhere
     again = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes (as a task queue does)
     assert (again.report, str(again)) == (exc.report, str(exc))
     assert smtp_server.delivered_to("ann@example.org") == 1
@@ -371,7 +377,9 @@ def test_insecure_auth_only_when_allowed(
         ),
         ({"MAILPOLICY_POLICY": "no-such-policy"}, "MAILPOLICY_POLICY: cannot load"),
         ({"MAILPOLICY_POLICY": 3}, "MAILPOLICY_POLICY: expected a shipped policy name"),
-        ({"MAILPOLICY_STORE": "sqlite:///o.db"}, "MAILPOLICY_STORE: durable stores arrive with"),
+        ({"MAILPOLICY_STORE": "o.db"}, "MAILPOLICY_STORE: cannot open 'o.db': not a store URL"),
+        ({"MAILPOLICY_STORE": "mysql://db/mail"}, "MAILPOLICY_STORE: cannot open 'mysql:"),
+        ({"MAILPOLICY_STORE": 3}, "MAILPOLICY_STORE: expected the outbox: a store URL"),
         (
             {"MAIL_USERNAME": "shop", "MAIL_PASSWORD": "pw"},
             "MAILPOLICY_ALLOW_INSECURE_AUTH: MAIL_USERNAME is set but neither",
@@ -444,16 +452,136 @@ def test_settings_accept_the_usual_spellings(make_app: Callable[..., Flask]) -> 
     assert settings.policy.name == "transactional"
 
 
-@pytest.mark.skip(
-    reason="durable stores arrive with the outbox: MAILPOLICY_STORE is refused at init_app"
-)
-def test_with_a_store_deferred_recipients_are_saved_not_raised(
+# --- with a store (MAILPOLICY_STORE) ------------------------------------------------------
+
+
+@pytest.fixture
+def store_app(
     tmp_path: Path, smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
-) -> None:  # pragma: no cover - enabled with the outbox
-    smtp_server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted")
+) -> Iterator[tuple[Flask, MailPolicy, Store]]:
+    """An app with ``MAILPOLICY_STORE``; its store is closed afterwards (an app keeps it
+    open for its life)."""
     app = make_app(smtp_server, MAILPOLICY_STORE=f"sqlite:///{tmp_path / 'outbox.db'}")
-    report = MailPolicy(app).send(message("bob@example.org"))
-    assert (report.outcomes[0].state, report.outcomes[0].persisted) == ("deferred", True)
+    mail = MailPolicy(app)
+    store = mail.store
+    assert store is not None
+    yield app, mail, store
+    store.close()
+
+
+def test_with_a_store_deferred_recipients_are_saved_not_raised(
+    smtp_server: SMTPTestServer, store_app: tuple[Flask, MailPolicy, Store]
+) -> None:
+    _, mail, store = store_app
+    smtp_server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted, try again in 300 seconds")
+    report = mail.send(message("ann@example.org", "bob@example.org"))
+    assert states(report) == {
+        "ann@example.org": ("delivered", "delivered"),
+        "bob@example.org": ("deferred", "greylisted"),
+    }
+    assert report.outcomes[1].persisted is True
+    counts = store.counts(now=time.time())
+    assert (counts["messages"], counts["deferred"], counts["delivered"]) == (1, 1, 1)
+    smtp_server.script.mail("530 5.7.0 Authentication required")
+    held = mail.send(message("cy@example.org"))  # held: kept for the operator
+    assert (held.outcomes[0].state, held.outcomes[0].persisted) == ("held", True)
+    assert store.counts(now=time.time())["held"] == 1
+
+
+def test_with_a_store_a_dead_address_is_suppressed_before_any_smtp(
+    smtp_server: SMTPTestServer, store_app: tuple[Flask, MailPolicy, Store]
+) -> None:
+    _, mail, store = store_app
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    first = mail.send(message("bob@example.org", "ann@example.org"))
+    second = mail.send(message("bob@example.org", "ann@example.org"))
+    assert states(first)["bob@example.org"] == ("bounced", "mailbox_unknown")
+    assert states(second)["bob@example.org"] == ("suppressed", "mailbox_unknown")
+    assert smtp_server.rcpt_addresses().count("bob@example.org") == 1
+    assert [e.address for e in store.suppressions(now=time.time())] == ["bob@example.org"]
+
+
+def test_with_a_store_flask_mailman_counts_a_deferred_message_as_sent(
+    smtp_server: SMTPTestServer, store_app: tuple[Flask, MailPolicy, Store]
+) -> None:
+    app, _, store = store_app
+    app.config["MAIL_BACKEND"] = "mailpolicy.flask.EmailBackend"
+    mailman = flask_mailman.Mail(app)
+    smtp_server.script.rcpt("cy@example.org", "452 4.2.2 Mailbox full")
+    with app.app_context():
+        connection = mailman.get_connection(timeout=5)  # overrides: the store is reused
+        assert connection.settings.store is store
+        assert mailman.send_mail("Hi", "Body", None, ["cy@example.org"]) == 1
+    assert store.counts(now=time.time())["deferred"] == 1
+
+
+def test_init_app_again_reuses_the_store(store_app: tuple[Flask, MailPolicy, Store]) -> None:
+    app, mail, store = store_app
+    assert mail.init_app(app).store is store
+
+
+def test_a_store_object_is_used_as_given(
+    tmp_path: Path, smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
+) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'given.db'}") as store:
+        mail = MailPolicy(make_app(smtp_server, MAILPOLICY_STORE=store))
+        assert (mail.store, mail.settings.store_url) == (store, None)
+        smtp_server.script.rcpt("ann@example.org", "452 4.2.2 Mailbox full")
+        assert mail.send(message("ann@example.org")).outcomes[0].persisted
+
+
+def test_the_cli_worker_delivers_what_was_deferred(
+    smtp_server: SMTPTestServer, store_app: tuple[Flask, MailPolicy, Store]
+) -> None:
+    app, mail, store = store_app
+    smtp_server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted, try again in 300 seconds")
+    report = mail.send(message("ann@example.org", "bob@example.org"))
+    runner = app.test_cli_runner()
+    status = runner.invoke(args=["mailpolicy", "outbox-status", "--json"])
+    assert status.exit_code == 0, status.output
+    counts = json.loads(status.output)
+    assert (counts["deferred"], counts["due"]) == (1, 0)
+    first = runner.invoke(args=["mailpolicy", "worker", "--once"])
+    assert first.exit_code == 0, first.output
+    assert " 0 claim(s)" in first.output  # not due before the 300 s the server asked for
+    assert store.retry_now(now=time.time()) == 1
+    with structlog.testing.capture_logs() as logs:
+        done = runner.invoke(args=["mailpolicy", "worker", "--once", "--lease", "2m"])
+    assert done.exit_code == 0, done.output
+    assert "1 claim(s), 1 delivered, 0 deferred" in done.output
+    assert smtp_server.delivered_to("bob@example.org") == 1
+    assert smtp_server.delivered_to("ann@example.org") == 1  # never sent again
+    assert {m.parsed()["Message-ID"] for m in smtp_server.messages} == {report.message_id}
+    # Saved with the app's policy (a file): the worker knew it by its name.
+    assert [(e["state"], e["policy"]) for e in logs if e["event"] == "mail.delivery"] == [
+        ("delivered", "flask-tests")
+    ]
+    status = runner.invoke(args=["mailpolicy", "outbox-status"])
+    assert "deferred         0" in status.output
+    assert "delivered        2" in status.output
+
+
+def test_the_cli_needs_a_store_and_durations(
+    smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
+) -> None:
+    app = make_app(smtp_server)
+    MailPolicy(app)
+    runner = app.test_cli_runner()
+    for args in (["worker", "--once"], ["outbox-status"]):
+        result = runner.invoke(args=["mailpolicy", *args])
+        assert result.exit_code == 1
+        assert "no store configured: set MAILPOLICY_STORE" in result.output
+    result = runner.invoke(args=["mailpolicy", "worker", "--once", "--poll", "5"])
+    assert result.exit_code == 2
+    assert "'5' is not a duration" in result.output
+    testing = make_app(smtp_server, TESTING=True, MAILPOLICY_STORE="sqlite://")
+    store = MailPolicy(testing).store
+    assert store is not None
+    with store:
+        result = testing.test_cli_runner().invoke(args=["mailpolicy", "worker", "--once"])
+    assert result.exit_code == 1
+    assert "MAIL_SUPPRESS_SEND is on" in result.output
+    assert smtp_server.connections == 0
 
 
 # --- MAIL_SUPPRESS_SEND / TESTING: record, don't send ----------------------------------------

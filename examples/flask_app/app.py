@@ -43,10 +43,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         try:
             report = mail.send(message)
         except DeliveryIncomplete as exc:
-            # Not delivered yet, and nothing will retry it (no outbox yet): say so.
+            # Not delivered yet and no MAILPOLICY_STORE keeps it for a retry: say so.
             return jsonify(status="not sent yet", report=exc.report.to_dict()), 503
         if report.all_delivered:
             return jsonify(status="sent", report=report.to_dict())
+        if report.pending:  # saved in MAILPOLICY_STORE: the worker will deliver it
+            return jsonify(status="queued", report=report.to_dict()), 202
         # bounced or invalid: a final answer about this address
         return jsonify(status="refused", report=report.to_dict()), 422
 

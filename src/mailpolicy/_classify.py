@@ -181,19 +181,7 @@ def classify_parsed(
     status_s = status or ""
     if code_s[:1] in ("2", "3") or (code is None and status_s[:1] == "2"):
         # Success needs no rule: the reply class decides (the common case, kept cheap).
-        return Verdict(
-            code=code,
-            status=status,
-            kind="success",
-            reason="delivered",
-            retry=False,
-            suppress=False,
-            scope="recipient" if stage in RECIPIENT_STAGES else "message",
-            retry_after=None,
-            rule="code.2xx" if code is not None else "status.2xx",
-            stage=stage,
-            action="deliver",
-        )
+        return success_verdict(code, status, stage)
 
     status_rule: Rule | None = None
     if status is not None and status[0] != "2":
@@ -292,6 +280,23 @@ def classify_parsed(
         stage=stage,
         action=decision.action,
         attributed=attributed,
+    )
+
+
+def success_verdict(code: int | None, status: str | None, stage: Stage | None) -> Verdict:
+    """The verdict of a 2xx (or 3xx) reply: no rule is needed, the class decides."""
+    return Verdict(
+        code=code,
+        status=status,
+        kind="success",
+        reason="delivered",
+        retry=False,
+        suppress=False,
+        scope="recipient" if stage in RECIPIENT_STAGES else "message",
+        retry_after=None,
+        rule="code.2xx" if code is not None else "status.2xx",
+        stage=stage,
+        action="deliver",
     )
 
 

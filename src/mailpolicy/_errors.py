@@ -91,6 +91,7 @@ class DeliveryIncomplete(smtplib.SMTPException, MailPolicyError):  # noqa: N818 
         self.report = self.reports[0]
         self.sent = sent
         self.recipient_style: RecipientStyle = recipient_style
+        self.store_setting = store_setting
         details = []
         for report in self.reports:
             pending = ", ".join(
@@ -115,11 +116,21 @@ class DeliveryIncomplete(smtplib.SMTPException, MailPolicyError):  # noqa: N818 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_incomplete,
-            (list(zip(self.messages, self.reports, strict=True)), self.sent, self.recipient_style),
+            (
+                list(zip(self.messages, self.reports, strict=True)),
+                self.sent,
+                self.recipient_style,
+                self.store_setting,
+            ),
         )
 
 
 def _rebuild_incomplete(
-    incomplete: list[tuple[object, DeliveryReport]], sent: int, style: RecipientStyle
+    incomplete: list[tuple[object, DeliveryReport]],
+    sent: int,
+    style: RecipientStyle,
+    store_setting: str = "a store",
 ) -> DeliveryIncomplete:
-    return DeliveryIncomplete(incomplete, sent=sent, recipient_style=style)
+    return DeliveryIncomplete(
+        incomplete, sent=sent, recipient_style=style, store_setting=store_setting
+    )

@@ -10,6 +10,7 @@ finite timeouts, a fresh connection after 421 or a drop.
 from __future__ import annotations
 
 import functools
+import re
 import smtplib
 import socket
 import ssl
@@ -17,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
 
-from ._classify import Verdict, classify, classify_error
+from ._classify import Verdict, classify, classify_error, success_verdict
 from ._message import PreparedMessage
 from ._vocab import Stage
 
@@ -84,8 +85,17 @@ def _reply_text(code: int, message: bytes | str) -> str:
     return f"{code} {text}" if code > 0 else text
 
 
+_SUCCESS_STATUS: Final = re.compile(r"2\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
+
+
 def _verdict(code: int, message: bytes | str, stage: Stage, host: str) -> tuple[Verdict, str]:
     text = _reply_text(code, message)
+    if 200 <= code < 300:
+        # A success needs no rules (classify() would say the same, after parsing the
+        # whole text): only the enhanced status, if the reply starts with one.
+        m = _SUCCESS_STATUS.match(text, 4)
+        status = None if m is None else f"2.{int(m.group(1))}.{int(m.group(2))}"
+        return success_verdict(code, status, stage), text
     return classify(text, stage=stage, host=host), text
 
 

@@ -12,10 +12,13 @@ Reads Flask-Mail's settings (``MAIL_SERVER``, ``MAIL_PORT``, ``MAIL_USE_TLS``,
     mail = MailPolicy(app)
     report = mail.send(message)      # email.message.EmailMessage or flask_mail.Message
 
-Without a durable store (none exists yet) a message with a recipient left ``deferred``
-or ``held`` raises :class:`DeliveryIncomplete` (an ``smtplib.SMTPException``) carrying the
-report, unless ``fail_silently=True``; ``bounced`` and ``invalid`` recipients are final
-outcomes in the report and do not raise. With ``MAIL_SUPPRESS_SEND`` (default:
+With ``MAILPOLICY_STORE`` (a store URL or a store object) recipients still ``deferred``
+or ``held`` after the in-request retries are saved before ``send()`` returns and the
+worker delivers them (``flask mailpolicy worker``). Without one, such a message raises
+:class:`DeliveryIncomplete` (an ``smtplib.SMTPException``; the same class as
+:class:`mailpolicy.DeliveryIncomplete`) carrying the report, unless
+``fail_silently=True``; ``bounced`` and ``invalid`` recipients are final outcomes in the
+report and do not raise. With ``MAIL_SUPPRESS_SEND`` (default:
 ``TESTING``) messages are recorded, not sent. ``EmailBackend`` plugs the same sender into
 Flask-Mailman: ``MAIL_BACKEND = "mailpolicy.flask.EmailBackend"``. See docs/flask.md.
 
@@ -29,10 +32,11 @@ import copy
 import difflib
 import email
 import email.policy
-import smtplib
+import json
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -42,15 +46,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, Self, cast
 
+import click
 from blinker import Namespace
 from flask import Flask, current_app
+from flask.cli import AppGroup
 
-from . import _events as events
+from . import _appworker
 from ._address import CheckedAddress, check_address
 from ._errors import (
     ConfigurationError,
+    DeliveryIncomplete,
     InvalidInputError,
-    MailPolicyError,
     MessageError,
     PolicyError,
 )
@@ -61,6 +67,7 @@ from ._policy import Policy
 from ._policy_load import load_policy
 from ._sender import Sender
 from ._session import Security
+from ._store import Store, StoreError, open_store
 
 __all__ = [
     "Connection",
@@ -68,6 +75,7 @@ __all__ = [
     "EmailBackend",
     "MailPolicy",
     "MailSettings",
+    "cli",
     "message_dispatched",
 ]
 
@@ -81,7 +89,10 @@ SETTINGS: Final[Mapping[str, str]] = {
         "a shipped policy name ('default', 'transactional', 'bulk'), a path to a .toml "
         "policy file, or a mailpolicy.Policy"
     ),
-    "MAILPOLICY_STORE": "nothing yet: durable stores arrive with the outbox",
+    "MAILPOLICY_STORE": (
+        "the outbox: a store URL such as 'sqlite:////var/lib/app/mail.sqlite3', or a store "
+        "object (mailpolicy.open_store(...))"
+    ),
     "MAILPOLICY_ALLOW_INSECURE_AUTH": (
         "a bool: allow AUTH (MAIL_USERNAME/MAIL_PASSWORD) over a connection without TLS"
     ),
@@ -107,67 +118,8 @@ _signals = Namespace()
 message_dispatched = _signals.signal("mailpolicy-message-dispatched")
 
 
-class DeliveryIncomplete(smtplib.SMTPException, MailPolicyError):  # noqa: N818 - a state, like smtplib's SMTPRecipientsRefused
-    """Some message has a recipient still ``deferred`` or ``held`` and no durable store
-    keeps it: nothing will try it again. Raised by the Flask integration (as Django raises
-    on a failed send) unless ``fail_silently=True``, after every message of the call was
-    tried. ``reports`` and ``messages`` are the incomplete messages' delivery reports and
-    messages, in order; ``report`` is the first report (for ``MailPolicy.send()``, the
-    only one); ``sent`` counts the messages delivered to at least one recipient.
-    Delivered recipients *were* delivered: never resend to them.
-
-    Same shape as ``mailpolicy.django.DeliveryIncomplete`` (the two are to be unified).
-    """
-
-    def __init__(
-        self,
-        incomplete: Sequence[tuple[object, DeliveryReport]],
-        *,
-        sent: int,
-        recipient_style: RecipientStyle = "mask",
-    ) -> None:
-        self.messages = [m for m, _ in incomplete]
-        self.reports = [r for _, r in incomplete]
-        self.report = self.reports[0]
-        self.sent = sent
-        self.recipient_style: RecipientStyle = recipient_style
-        details = []
-        for report in self.reports:
-            pending = ", ".join(
-                f"{events.show_recipient(o.recipient, recipient_style)} {o.state} ({o.reason}"
-                + (f", {o.code}" if o.code is not None else "")
-                + (f" {o.status}" if o.status else "")
-                + (", ambiguous" if o.ambiguous else "")
-                + ")"
-                for o in report.pending
-            )
-            details.append(
-                f"{report.message_id}: {len(report.pending)} of {len(report.outcomes)} "
-                f"recipients pending: {pending}"
-            )
-        count = len(self.reports)
-        noun = "message has" if count == 1 else "messages have"
-        super().__init__(
-            f"{count} {noun} recipients neither delivered nor refused, and no outbox "
-            "keeps them for a later attempt: " + "; ".join(details)
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exceptions pickle only their args (the text) by default: rebuild from the parts.
-        parts = (type(self), self.messages, self.reports, self.sent, self.recipient_style)
-        return (_rebuild_incomplete, parts)
-
-
-def _rebuild_incomplete(
-    cls: type[DeliveryIncomplete],
-    messages: list[object],
-    reports: list[DeliveryReport],
-    sent: int,
-    recipient_style: RecipientStyle,
-) -> DeliveryIncomplete:
-    return cls(
-        list(zip(messages, reports, strict=True)), sent=sent, recipient_style=recipient_style
-    )
+#: How the integration names the store setting in ``DeliveryIncomplete``'s message.
+STORE_SETTING: Final = "MAILPOLICY_STORE"
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -192,6 +144,11 @@ class MailSettings:
     suppress: bool
     max_emails: int | None
     ascii_attachments: bool
+    #: The outbox (``MAILPOLICY_STORE``), opened once in ``init_app`` and kept open for
+    #: the app's life; None without one.
+    store: Store | None = field(default=None, repr=False)
+    #: The URL ``store`` was opened from (None: a store object was given, or no store).
+    store_url: str | None = None
 
     def sender(self) -> Sender:
         """A new :class:`~mailpolicy.Sender` with these settings (it connects on first
@@ -208,6 +165,7 @@ class MailSettings:
             local_hostname=self.local_hostname,
             allow_insecure_auth=self.allow_insecure_auth,
             recipient_style=self.recipient_style,
+            store=self.store,
         )
 
 
@@ -329,15 +287,32 @@ def _unknown_keys(config: Mapping[str, Any]) -> None:
             )
 
 
+def _store_setting(config: Mapping[str, Any]) -> Store | str | None:
+    value = config.get("MAILPOLICY_STORE")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | Store):
+        raise _expected("MAILPOLICY_STORE", SETTINGS["MAILPOLICY_STORE"], value)
+    return value
+
+
+def _open(value: Store | str | None, reuse: Store | None) -> tuple[Store | None, str | None]:
+    """The store for ``MAILPOLICY_STORE``: ``reuse`` when given (already open for this
+    app), the object itself, or a new store opened from the URL."""
+    if value is None:
+        return None, None
+    url = value if isinstance(value, str) else None
+    if reuse is not None:
+        return reuse, url
+    try:
+        return open_store(value), url
+    except StoreError as exc:
+        raise _SettingError("MAILPOLICY_STORE", f"cannot open {value!r}: {exc}") from exc
+
+
 def _read(config: Mapping[str, Any], testing: bool, policy: Policy | None) -> MailSettings:
     _unknown_keys(config)
-    if config.get("MAILPOLICY_STORE") is not None:
-        raise _SettingError(
-            "MAILPOLICY_STORE",
-            "durable stores arrive with the outbox (not in this version): remove the "
-            "setting. Without a store a message with a deferred or held recipient raises "
-            "DeliveryIncomplete, so nothing is silently lost",
-        )
+    _store_setting(config)
     for key in ("MAIL_SSL_KEYFILE", "MAIL_SSL_CERTFILE"):
         if config.get(key):
             raise _SettingError(
@@ -406,15 +381,21 @@ def read_settings(
     testing: bool = False,
     app_name: str = "",
     policy: Policy | None = None,
+    store: Store | None = None,
 ) -> MailSettings:
     """Validate a Flask config's mail settings. Raises :class:`~mailpolicy.ConfigurationError`
-    naming the setting and what was expected; never connects. ``policy`` skips loading
-    ``MAILPOLICY_POLICY`` again."""
+    naming the setting and what was expected; never connects to the relay. ``policy``
+    skips loading ``MAILPOLICY_POLICY`` again, ``store`` opening ``MAILPOLICY_STORE``
+    again (an open store for it). A store opened from a URL stays open: the caller
+    closes it (``settings.store.close()``) when done with the settings."""
     where = f"mailpolicy.flask (app {app_name!r})" if app_name else "mailpolicy.flask"
     try:
         settings = _read(config, testing, policy)
         # The Sender checks the combination too (it connects on first need only).
         settings.sender().close()
+        # Opened last, once everything else is known to be right.
+        opened, url = _open(_store_setting(config), store)
+        settings = replace(settings, store=opened, store_url=url)
     except _SettingError as problem:
         raise ConfigurationError(f"{where}: {problem}") from None
     except ConfigurationError as exc:
@@ -623,6 +604,16 @@ def _recorded(out: _Outgoing, settings: MailSettings) -> DeliveryReport:
 # --- sending ----------------------------------------------------------------------------
 
 
+def _accepted(report: DeliveryReport) -> bool:
+    """Accepted for delivery: a recipient delivered, or saved in the store for the worker."""
+    return bool(report.delivered) or any(o.persisted for o in report.pending)
+
+
+def _unsaved(report: DeliveryReport) -> bool:
+    """A recipient deferred or held that no store keeps: nothing will try it again."""
+    return any(not o.persisted for o in report.pending)
+
+
 class Connection:
     """One connection's worth of sends (``with mail.connect() as conn``): every
     ``send()`` goes through one :class:`~mailpolicy.Sender`, so the SMTP connection is
@@ -665,18 +656,22 @@ class Connection:
         a missing From is filled from ``MAIL_DEFAULT_SENDER``) and return its report.
 
         Raises :class:`DeliveryIncomplete` when a recipient is left ``deferred`` or
-        ``held`` (nothing would retry it), unless ``fail_silently``; raises
+        ``held`` and no store keeps it (nothing would retry it), unless
+        ``fail_silently``; with ``MAILPOLICY_STORE`` they are saved for the worker
+        (``persisted=True``) and nothing is raised for them (a store that cannot save
+        raises :class:`~mailpolicy.StoreError`, even with ``fail_silently``); raises
         :class:`~mailpolicy.MessageError` for a message that cannot be sent as given
         (never silenced, as Django never silences a bad address)."""
         out = _outgoing(message, self.settings, envelope_from, recipients)
         report = self._deliver(out)
         sent = out.message if isinstance(message, Message) else message
         self.dispatched(sent, report)
-        if report.pending and not fail_silently:
+        if not fail_silently and _unsaved(report):
             raise DeliveryIncomplete(
                 [(sent, report)],
-                sent=1 if report.delivered else 0,
+                sent=1 if _accepted(report) else 0,
                 recipient_style=self.settings.recipient_style,
+                store_setting=STORE_SETTING,
             )
         return report
 
@@ -726,12 +721,24 @@ class MailPolicy:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> MailSettings:
-        settings = read_settings(app.config, testing=app.testing, app_name=app.name)
+        """Validate the app's settings, open its store (``MAILPOLICY_STORE``; kept open
+        for the app's life, reused if ``init_app`` runs again with the same URL) and add
+        the ``flask mailpolicy`` commands to ``app.cli``."""
+        previous = app.extensions.get(EXTENSION)
+        reuse = None
+        if (
+            isinstance(previous, MailSettings)
+            and previous.store_url is not None
+            and previous.store_url == app.config.get("MAILPOLICY_STORE")
+        ):
+            reuse = previous.store
+        settings = read_settings(app.config, testing=app.testing, app_name=app.name, store=reuse)
         app.extensions[EXTENSION] = settings
         app.extensions.setdefault(
             "mail",
             _FlaskMailState(settings.default_sender, settings.ascii_attachments),
         )
+        app.cli.add_command(cli)
         return settings
 
     def _app(self) -> Flask:
@@ -743,6 +750,12 @@ class MailPolicy:
     def settings(self) -> MailSettings:
         """This app's validated settings (``current_app``'s when not bound to one)."""
         return _settings(self._app())
+
+    @property
+    def store(self) -> Store | None:
+        """This app's outbox (``MAILPOLICY_STORE``), or None: its counts, its
+        suppression list (``store.suppressed(address, now=time.time())``)."""
+        return self.settings.store
 
     def connect(self) -> Connection:
         """A :class:`Connection` reusing one SMTP connection for several sends."""
@@ -795,10 +808,11 @@ class EmailBackend:
     ``fail_silently=`` and optional overrides (``host``, ``port``, ``username``,
     ``password``, ``use_tls``, ``use_ssl``, ``timeout``); everything else comes from the
     app's config as for :class:`MailPolicy` (validated here if ``MailPolicy`` did not
-    already). ``send_messages()`` returns how many messages reached at least one
-    recipient and sets ``message.mailpolicy_report`` on each; after trying them all it
-    raises :class:`DeliveryIncomplete` for those left with a ``deferred`` or ``held``
-    recipient, unless ``fail_silently``. Thread-safe, as Django's backend.
+    already). ``send_messages()`` returns how many messages were accepted for delivery
+    (a recipient delivered, or saved in ``MAILPOLICY_STORE``) and sets
+    ``message.mailpolicy_report`` on each; after trying them all it raises
+    :class:`DeliveryIncomplete` for those left with a ``deferred`` or ``held`` recipient
+    that no store keeps, unless ``fail_silently``. Thread-safe, as Django's backend.
     """
 
     def __init__(
@@ -849,6 +863,7 @@ class EmailBackend:
                 testing=app.testing,
                 app_name=app.name,
                 policy=settings.policy,
+                store=settings.store,
             )
         self.settings: MailSettings = settings
         self.connection: Connection | None = None
@@ -894,15 +909,108 @@ class EmailBackend:
                         continue
                     report = connection.send_mailman(mailman)
                     message.mailpolicy_report = report  # type: ignore[attr-defined]
-                    if report.delivered:
+                    if _accepted(report):
                         sent += 1
-                    if report.pending:
+                    if _unsaved(report):
                         incomplete.append((message, report))
             finally:
                 if created:
                     self.close()
         if incomplete and not self.fail_silently:
             raise DeliveryIncomplete(
-                incomplete, sent=sent, recipient_style=self.settings.recipient_style
+                incomplete,
+                sent=sent,
+                recipient_style=self.settings.recipient_style,
+                store_setting=STORE_SETTING,
             )
         return sent
+
+
+# --- the Flask CLI: flask mailpolicy ... -----------------------------------------------
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return _appworker.duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+
+
+#: ``flask mailpolicy ...``: added to ``app.cli`` by :meth:`MailPolicy.init_app`.
+cli = AppGroup("mailpolicy", help="mailpolicy's outbox (MAILPOLICY_STORE): worker, status.")
+
+
+def _cli_settings() -> MailSettings:
+    app = cast(Flask, current_app._get_current_object())  # type: ignore[attr-defined]
+    try:
+        return _settings(app)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _cli_store(settings: MailSettings, command: str) -> Store:
+    if settings.store is None:
+        raise click.ClickException(
+            f"mailpolicy {command}: no store configured: set MAILPOLICY_STORE (e.g. "
+            "'sqlite:////var/lib/app/mail.sqlite3'), the outbox this command works on"
+        )
+    return settings.store
+
+
+@cli.command("worker")
+@click.option("--once", is_flag=True, help="Deliver what is due now, then exit.")
+@click.option(
+    "--lease",
+    default="15m",
+    callback=_duration,
+    show_default=True,
+    help="How long a claimed message stays this worker's.",
+)
+@click.option(
+    "--poll",
+    default="5s",
+    callback=_duration,
+    show_default=True,
+    help="Idle wait between scans of the outbox.",
+)
+def _worker_command(once: bool, lease: float, poll: float) -> None:
+    """Deliver due messages from the outbox through MAIL_SERVER and keep going (SIGTERM
+    or SIGINT: finish the message in hand, release the rest, exit 0)."""
+    settings = _cli_settings()
+    store = _cli_store(settings, "worker")
+    if settings.suppress:
+        raise click.ClickException(
+            "mailpolicy worker: MAIL_SUPPRESS_SEND is on (it defaults to TESTING): this "
+            "app records mail instead of sending it, so the worker would not either"
+        )
+    worker = _appworker.AppWorker(
+        store,
+        settings.host,
+        settings.port,
+        policies=[settings.policy],
+        security=settings.security,
+        username=settings.username,
+        password=settings.password,
+        allow_insecure_auth=settings.allow_insecure_auth,
+        lease=lease,
+        sender_options={
+            "ssl_context": settings.ssl_context,
+            "timeout": settings.timeout,
+            "local_hostname": settings.local_hostname,
+            "recipient_style": settings.recipient_style,
+        },
+    )
+    stats = _appworker.run(worker, once=once, poll=poll)
+    click.echo(_appworker.summary(worker, stats))
+
+
+@cli.command("outbox-status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def _outbox_status_command(as_json: bool) -> None:
+    """Recipients in the outbox by state, what is due, the suppression list's size."""
+    counts = _cli_store(_cli_settings(), "outbox-status").counts(now=time.time())
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        for key, value in counts.items():
+            click.echo(f"{key:<16} {value}")

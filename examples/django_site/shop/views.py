@@ -19,12 +19,14 @@ def order_confirmation(request: HttpRequest) -> JsonResponse:
     try:
         message.send()
     except DeliveryIncomplete as exc:
-        # Deferred or held after the in-request retries, and no outbox yet to keep it:
-        # tell the client to try later (or queue it in your own task system).
+        # Deferred or held after the in-request retries, and no MAILPOLICY["STORE"] keeps
+        # it: tell the client to try later (or configure a store and run the worker).
         return JsonResponse({"status": "not sent yet", "report": exc.report.to_dict()}, status=503)
     except ValueError as exc:  # Django refuses malformed addresses before sending
         return JsonResponse({"status": "invalid", "error": str(exc)}, status=422)
     report = message.mailpolicy_report
     if report.all_delivered:
         return JsonResponse({"status": "sent", "report": report.to_dict()})
+    if report.pending:  # saved in MAILPOLICY["STORE"]: the worker will deliver it
+        return JsonResponse({"status": "queued", "report": report.to_dict()}, status=202)
     return JsonResponse({"status": "refused", "report": report.to_dict()}, status=422)

@@ -13,13 +13,20 @@ Settings (all optional)::
         "POLICIES": {"news": "bulk"},        # names for message.mailpolicy_policy
         "ALLOW_INSECURE_AUTH": False,        # AUTH over plaintext (local relays only)
         "RECIPIENT_STYLE": "mask",           # recipients in events/errors: mask|full|hash
-        # "STORE": arrives with the outbox (refused until then)
+        "STORE": "sqlite:////var/lib/app/mail.sqlite3",  # the outbox (or a store object)
     }
+
+With a store, recipients still deferred or held after the in-request retries are saved
+before ``send_messages()`` returns and the message counts as sent; the worker delivers
+them: ``python manage.py mailpolicy_worker`` (add ``"mailpolicy.django"`` to
+``INSTALLED_APPS`` for the management commands). Without one, such a message raises
+:class:`DeliveryIncomplete` (the same class as :class:`mailpolicy.DeliveryIncomplete`).
 """
 
 from __future__ import annotations
 
+from ._settings import close_stores
 from .backend import EmailBackend
 from .errors import DeliveryIncomplete, ImproperlyConfiguredError
 
-__all__ = ["DeliveryIncomplete", "EmailBackend", "ImproperlyConfiguredError"]
+__all__ = ["DeliveryIncomplete", "EmailBackend", "ImproperlyConfiguredError", "close_stores"]

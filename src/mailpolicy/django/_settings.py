@@ -1,10 +1,16 @@
 """``settings.MAILPOLICY`` and the backend's own options, read and checked once, when
 the backend is built: an unknown key, a policy that does not load or a store that cannot
-be used fail there with :class:`ImproperlyConfiguredError`, never at the first send."""
+be opened fail there with :class:`ImproperlyConfiguredError`, never at the first send.
+
+A store given as a URL is opened once per process and URL and shared by every backend
+(Django builds a backend per ``send_mail()``, and Django 6.1 per mailer lookup): see
+:func:`shared_store`. A store object is used as given; its owner closes it.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,6 +22,7 @@ from .._errors import MailPolicyError
 from .._events import RECIPIENT_STYLES, RecipientStyle
 from .._policy import Policy
 from .._policy_load import load_policy
+from .._store import Store, StoreError, open_store
 from .errors import ImproperlyConfiguredError
 
 #: ``MAILPOLICY`` key → the backend keyword argument (``MAILERS`` option) it defaults.
@@ -36,6 +43,7 @@ class Options:
     policies: Mapping[str, Policy] = field(default_factory=lambda: MappingProxyType({}))
     allow_insecure_auth: bool = False
     recipient_style: RecipientStyle = "mask"
+    store: Store | None = None
 
     def policy_named(self, name: object) -> Policy:
         """The policy a message asks for with ``message.mailpolicy_policy``: a
@@ -58,6 +66,48 @@ class Options:
                 f"message.mailpolicy_policy = {name!r}: not a name from "
                 f"MAILPOLICY['POLICIES'] ({known}), a shipped policy or a policy file: {exc}"
             ) from exc
+
+
+_STORES: dict[tuple[int, str], Store] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def shared_store(url: str) -> Store:
+    """The store for ``url``, opened on first use and kept open for the life of the
+    process (one per URL; SQLite store objects are safe to share between threads). A
+    process forked after the store was opened opens its own (a SQLite connection must
+    not cross a ``fork()``). Raises :class:`~mailpolicy.StoreError`."""
+    key = (os.getpid(), url)
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = open_store(url)
+        return store
+
+
+def close_stores() -> None:
+    """Close every store :func:`shared_store` opened in this process and forget them (the
+    next backend opens them again). For tests and orderly shutdown."""
+    pid = os.getpid()
+    with _STORES_LOCK:
+        for key in [k for k in _STORES if k[0] == pid]:
+            _STORES.pop(key).close()
+
+
+def _store(value: object, where: str) -> Store | None:
+    if value is None:
+        return None
+    if isinstance(value, Store):
+        return value
+    if not isinstance(value, str):
+        raise ImproperlyConfiguredError(
+            f"{where} must be a store URL such as 'sqlite:////var/lib/app/mail.sqlite3' or "
+            f"a store object (mailpolicy.open_store(...)), not {type(value).__name__}"
+        )
+    try:
+        return shared_store(value)
+    except StoreError as exc:
+        raise ImproperlyConfiguredError(f"{where} = {value!r}: {exc}") from exc
 
 
 def _where(key: str, given: bool, alias: str | None) -> str:
@@ -110,20 +160,6 @@ def read_options(alias: str | None = None, **given: Any) -> Options:
             return option, _where(key, True, alias)
         return raw.get(key), _where(key, False, alias)
 
-    store, where = value("STORE")
-    if store is not None:
-        if not isinstance(store, str) or "://" not in store:
-            raise ImproperlyConfiguredError(
-                f"{where} must be a store URL such as 'sqlite:///var/lib/app/mail.db', "
-                f"not {store!r}"
-            )
-        raise ImproperlyConfiguredError(
-            f"{where} = {store!r}: durable stores arrive with mailpolicy's outbox, which "
-            "this version does not have yet. Remove the setting: without a store, "
-            "send_messages() raises DeliveryIncomplete for a message it could not finish, "
-            "so nothing is lost silently."
-        )
-
     policy_value, where = value("POLICY")
     policy = _load("default" if policy_value is None else policy_value, where)
 
@@ -155,9 +191,11 @@ def read_options(alias: str | None = None, **given: Any) -> Options:
         raise ImproperlyConfiguredError(
             f"{where} must be one of {', '.join(map(repr, RECIPIENT_STYLES))}, not {style!r}"
         )
+    store_value, where = value("STORE")  # last: every other setting checked first
     return Options(
         policy=policy,
         policies=MappingProxyType(policies),
         allow_insecure_auth=allow,
         recipient_style=style,
+        store=_store(store_value, where),
     )

@@ -7,8 +7,11 @@ contract (settings, constructor keywords, ``MAILERS`` options on Django 6.1, ``o
 adds, per message: pre-validation, classification of every reply, retries within the
 policy's in-request budget, one :class:`~mailpolicy.RecipientOutcome` per recipient in
 ``message.mailpolicy_report``, a signal and a ``mail.delivery`` event per recipient.
-``open()`` connects the way Django does (once, no retries) and hands the smtplib object
-to a :class:`~mailpolicy.Sender`; the retries happen inside ``send_messages()``.
+With a store (``MAILPOLICY["STORE"]``), recipients still deferred or held are saved for
+the worker (``python manage.py mailpolicy_worker``) before ``send_messages()`` returns,
+and dead addresses are suppressed before any SMTP traffic. ``open()`` connects the way
+Django does (once, no retries) and hands the smtplib object to a
+:class:`~mailpolicy.Sender`; the retries happen inside ``send_messages()``.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ from .._outcome import DeliveryReport
 from .._policy import Policy
 from .._sender import Sender
 from .._session import Security
+from .._store import Store
 from . import signals
 from ._settings import Options, read_options
-from .errors import DeliveryIncomplete, ImproperlyConfiguredError
+from .errors import STORE_SETTING, DeliveryIncomplete, ImproperlyConfiguredError
 
 #: Django 6.1 serialises with ``message(policy=email.policy.SMTP)`` and prepares
 #: envelope addresses with ``prep_address()``; 5.2 uses ``sanitize_address()``.
@@ -96,7 +100,7 @@ class EmailBackend(smtp.EmailBackend):
         *,
         policy: Policy | str | None = None,
         policies: dict[str, Policy | str] | None = None,
-        store: str | None = None,
+        store: str | Store | None = None,
         allow_insecure_auth: bool | None = None,
         recipient_style: str | None = None,
         **kwargs: Any,
@@ -241,11 +245,15 @@ class EmailBackend(smtp.EmailBackend):
 
     def send_messages(self, email_messages: Iterable[EmailMessage]) -> int:
         """Send the messages; return how many were accepted for delivery (at least one
-        recipient delivered). Each message gets ``mailpolicy_report``.
+        recipient delivered, or saved in the store for the worker). Each message gets
+        ``mailpolicy_report``.
 
         Raises :class:`DeliveryIncomplete` (an ``smtplib.SMTPException``) after the batch
-        when a message has a recipient left ``deferred`` or ``held`` (no store keeps it),
-        unless ``fail_silently``. Invalid addresses raise ``ValueError`` as with Django.
+        when a message has a recipient left ``deferred`` or ``held`` that no store keeps,
+        unless ``fail_silently``. With a store nothing is raised for them; a deferral the
+        store cannot save raises :class:`~mailpolicy.StoreError` at once, even with
+        ``fail_silently`` (nothing is lost silently). Invalid addresses raise
+        ``ValueError`` as with Django.
         """
         if not email_messages:
             return 0
@@ -270,16 +278,19 @@ class EmailBackend(smtp.EmailBackend):
                     report = self._send_one(message)
                     if report is None:
                         continue
-                    if report.delivered:
+                    if report.delivered or any(o.persisted for o in report.pending):
                         num_sent += 1
-                    if report.pending:
+                    if any(not o.persisted for o in report.pending):
                         incomplete.append((message, report))
             finally:
                 if new_conn_created:
                     self.close()
         if incomplete and not self.fail_silently:
             raise DeliveryIncomplete(
-                incomplete, sent=num_sent, recipient_style=self.options.recipient_style
+                incomplete,
+                sent=num_sent,
+                recipient_style=self.options.recipient_style,
+                store_setting=STORE_SETTING,
             )
         return num_sent
 
@@ -356,6 +367,7 @@ class EmailBackend(smtp.EmailBackend):
             allow_insecure_auth=self.options.allow_insecure_auth,
             connection=self.connection,
             recipient_style=self.options.recipient_style,
+            store=self.options.store,
         )
 
     def _signal(self, email_message: EmailMessage, report: DeliveryReport) -> None:
