@@ -286,3 +286,25 @@ def test_worker_threads_share_the_outbox_without_duplicates(
     assert "3 worker(s)" in done.stdout
     rcpts = [r for m in smtp_server.messages for r in m.rcpt_tos]
     assert sorted(rcpts) == sorted(f"t{i}@example.org" for i in range(15))
+
+
+def test_dsn_intake_suppresses_hard_bounces_with_events(tmp_path: Path) -> None:
+    """mailpolicy dsn FILE --store URL: a failed 5.1.1 suppresses (with the policy's
+    TTL), a delayed one never does; one mail.dsn event per recipient."""
+    import structlog
+
+    from mailpolicy import intake_dsn, parse_dsn
+
+    store = open_store(f"sqlite:///{tmp_path / 'dsn.sqlite3'}")
+    data = (Path(__file__).parent / "data" / "dsn").glob("*postfix*.eml")
+    report = parse_dsn(next(iter(sorted(data))).read_bytes())
+    with structlog.testing.capture_logs() as logs:
+        verdicts = intake_dsn(report, store=store, now=1_700_000_000.0, source="p.eml")
+    events = [e for e in logs if e["event"] == "mail.dsn"]
+    assert len(events) == len(verdicts) == len(report.recipients)
+    suppressed = {s.address for s in store.suppressions(now=1_700_000_000.0)}
+    assert suppressed == {v.recipient.lower() for v in verdicts if v.suppress}
+    assert all(not v.suppress for v in verdicts if v.dsn_action == "delayed")
+    (entry,) = store.suppressions(now=1_700_000_000.0)
+    assert entry.expires_at is not None  # the default policy's [suppression] ttl
+    store.close()

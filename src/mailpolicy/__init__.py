@@ -8,7 +8,15 @@ a :class:`Sender` delivers messages with per-recipient outcomes. See the README.
 
 from ._address import ADDRESS_MODES, AddressMode, CheckedAddress, check_address
 from ._classify import Verdict, classify, classify_error
-from ._dsn import DeliveryStatusReport, DsnError, DsnRecipient, DsnVerdict, judge_dsn, parse_dsn
+from ._dsn import (
+    DeliveryStatusReport,
+    DsnError,
+    DsnRecipient,
+    DsnVerdict,
+    intake_dsn,
+    judge_dsn,
+    parse_dsn,
+)
 from ._errors import (
     ConfigurationError,
     DeliveryIncomplete,
@@ -67,6 +75,7 @@ __all__ = [
     "check_address",
     "classify",
     "classify_error",
+    "intake_dsn",
     "judge_dsn",
     "load_policy",
     "open_store",

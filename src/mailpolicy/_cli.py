@@ -285,9 +285,11 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
     import time  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from ._dsn import DsnError, judge_dsn, parse_dsn  # noqa: PLC0415
+    from ._dsn import DsnError, intake_dsn, parse_dsn  # noqa: PLC0415
+    from ._policy_load import load_policy  # noqa: PLC0415
     from ._store import open_store  # noqa: PLC0415
 
+    policy = load_policy(args.policy)
     store = open_store(args.store) if args.store else None
     failures = 0
     show_progress = sys.stderr.isatty() and len(args.files) > 1
@@ -302,13 +304,7 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
                 failures += 1
                 print(f"mailpolicy dsn: {name}: {exc}", file=sys.stderr)
                 continue
-            for v in judge_dsn(report):
-                if v.suppress and store is not None:
-                    store.add_suppression(
-                        v.recipient, reason=v.verdict.reason, now=time.time(), ttl=None,
-                        code=v.verdict.code, status=v.verdict.status,
-                        text=v.dsn.diagnostic_code or "", policy="dsn",
-                    )  # fmt: skip
+            for v in intake_dsn(report, store=store, policy=policy, now=time.time(), source=name):
                 if args.json:
                     out.write(json.dumps({"file": name, **v.to_dict()}, default=str) + "\n")
                 else:
@@ -449,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ds.add_argument("files", nargs="+", metavar="FILE")
     ds.add_argument("--store", metavar="URL", help="add hard bounces to this store's list")
+    ds.add_argument("--policy", default="default", help="decides suppression and its TTL")
     ds.add_argument("--json", action="store_true")
     ds.set_defaults(handler=_cmd_dsn)
 

@@ -26,16 +26,21 @@ import email.policy
 import email.utils
 import quopri
 import re
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.message import Message
-from typing import Any, Final, Literal, get_args
+from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
+from . import _events as events
 from ._classify import Verdict, classify_parsed, default_policy
 from ._errors import InvalidInputError, MailPolicyError
 from ._policy import Decision, Policy
 from ._reply import MAX_SCAN, ParsedReply, parse_reply
 from ._vocab import Kind, Reason, Stage
+
+if TYPE_CHECKING:
+    from ._store import Store
 
 DsnAction = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 #: The RFC 3464 §2.3.3 action values, in the order the RFC lists them.
@@ -776,5 +781,52 @@ def judge_dsn(report: DeliveryStatusReport, *, policy: Policy | None = None) -> 
                 suppress=recipient.action == "failed" and decision.suppress,
                 dsn=recipient,
             )
+        )
+    return verdicts
+
+
+def intake_dsn(
+    report: DeliveryStatusReport,
+    *,
+    store: Store | None = None,
+    policy: Policy | None = None,
+    now: float | None = None,
+    source: str = "",
+) -> list[DsnVerdict]:
+    """Judge a parsed DSN and act on it: with a ``store``, the hard bounces the policy
+    suppresses go on the suppression list (with the policy's TTL; a ``delayed`` action
+    never suppresses), and one ``mail.dsn`` event is emitted per recipient. ``source``
+    (a file name) goes into the events."""
+    policy = policy or default_policy()
+    verdicts = judge_dsn(report, policy=policy)
+    when = time.time() if now is None else now
+    for v in verdicts:
+        suppressed = False
+        if v.suppress and store is not None and policy.suppression.enabled:
+            store.add_suppression(
+                v.recipient,
+                reason=v.verdict.reason,
+                now=when,
+                ttl=policy.suppression.ttl,
+                code=v.verdict.code,
+                status=v.verdict.status,
+                text=v.dsn.diagnostic_code or "",
+                policy=policy.name,
+            )
+            suppressed = True
+        events.dsn(
+            v.state,
+            source=source,
+            original_message_id=report.original_message_id,
+            recipient=events.show_recipient(v.recipient, "mask"),
+            domain=v.recipient.rpartition("@")[2].lower(),
+            dsn_action=v.dsn_action,
+            reason=v.verdict.reason,
+            code=v.verdict.code,
+            status=v.verdict.status,
+            suppress=v.suppress,
+            suppressed=suppressed,
+            rule=v.verdict.rule,
+            policy=policy.name,
         )
     return verdicts

@@ -101,3 +101,10 @@ def attempt(**fields: Any) -> None:
 def worker_summary(**fields: Any) -> None:
     """Emit the worker's periodic ``mail.worker.summary`` at info level."""
     _logger().info("mail.worker.summary", **fields)
+
+
+def dsn(state: str, **fields: Any) -> None:
+    """Emit ``mail.dsn`` for one recipient of a bounce message (warning for a bounce)."""
+    getattr(_logger(), "warning" if state == "bounced" else "info")(
+        "mail.dsn", state=state, **fields
+    )

@@ -164,13 +164,15 @@ class Worker:
 
     def run_forever(self, *, poll: float = 5.0, summary_every: float = 60.0) -> WorkerStats:
         """Keep delivering until :attr:`stop_requested` is set (SIGTERM/SIGINT in the
-        CLI), logging a ``mail.worker.summary`` event every ``summary_every`` seconds."""
+        CLI), logging a ``mail.worker.summary`` event every ``summary_every`` seconds and
+        purging message bodies past the store's retention as often."""
         last_summary = self._clock()
         while not self.stop_requested.is_set():
             self.run_once()
             now = self._clock()
             if now - last_summary >= summary_every:
                 self.summary()
+                self.store.purge(now=now)
                 last_summary = now
             self.stop_requested.wait(poll)
         self.summary()
