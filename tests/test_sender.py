@@ -327,6 +327,13 @@ def test_connection_refused_defers_then_opens_the_circuit(
     again = s.send(message("bob@example.org")).outcomes[0]
     assert (again.state, again.rule, again.attempts) == ("deferred", "circuit.open", 0)
     assert clock.sleeps == [1.0, 2.0]
+    # ... and it stays open for later sends too, until a probe after probe_every (1m).
+    third = s.send(message("carl@example.org")).outcomes[0]
+    assert (third.rule, third.attempts) == ("circuit.open", 0)
+    clock.advance(61)
+    probe = s.send(message("dave@example.org")).outcomes[0]
+    assert probe.attempts == 1  # one probe (refused: still down), then deferred at once
+    assert probe.state == "deferred"
 
 
 # --- failures of our own configuration are held, never bounced ----------------------------

@@ -184,3 +184,18 @@ def test_timeouts_are_finite() -> None:
     assert 0 < s.settings.timeout < 60
     assert 0 < s.settings.end_of_data_timeout <= 600
     assert isinstance(ssl.create_default_context(), ssl.SSLContext)
+
+
+def test_non_ascii_password_is_held_without_leaking_a_character(
+    smtp_server_factory: Factory,
+) -> None:
+    """smtplib cannot send a non-ASCII password; its own error would quote a character
+    of it and its position. Held (our configuration), with a fixed text."""
+    server = smtp_server_factory(starttls=True, auth={"app": "pässwort"})
+    secret = "pässwort"  # noqa: S105 - a test credential
+    s = sender(server, ssl_context=server.client_ssl_context(), username="app", password=secret)
+    o = s.send(message()).outcomes[0]
+    assert (o.state, o.reason) == ("held", "auth_failed")
+    assert "ä" not in o.text
+    assert "\\xe4" not in o.text
+    assert "position" not in o.text

@@ -75,7 +75,10 @@ class _AttemptOutcome:
 
 
 _RETRY: Final = Decision(action="retry", rule="inline", retry=True, suppress=False)
+#: The tier is done: some recipient was delivered (the relay works) ...
 _DONE: Final = Decision(action="deliver", rule="done", retry=False, suppress=False)
+#: ... or none was, and nothing asks for an inline retry: not a success for the relay.
+_STOP: Final = Decision(action="defer", rule="done", retry=False, suppress=False)
 _CIRCUIT_OPEN: Final = Verdict(
     code=None,
     status=None,
@@ -436,7 +439,7 @@ class Sender:
                         action="defer", rule="circuit-open", retry=True, suppress=False
                     )
                 todo = []
-                return _AttemptOutcome(_DONE)
+                return _AttemptOutcome(_STOP)
             # DESIGN.md §4, one precedence: the Sender's timeout (or the policy's
             # attempt_timeout cut to the time left) per command; the wait after the final
             # dot is cut by the in-request deadline (a cut there is ambiguous) unless an
@@ -467,7 +470,10 @@ class Sender:
             todo = again
             if again:
                 return _AttemptOutcome(_RETRY, max(announced) if announced else None)
-            return _AttemptOutcome(_DONE)
+            # Only a delivery counts as the relay's success (closing its circuit and
+            # refilling its budget); bounces, holds and deferrals do not.
+            delivered = any(p.decision and p.decision.action == "deliver" for p in pending)
+            return _AttemptOutcome(_DONE if delivered else _STOP)
 
         InlineRetrier(
             policy.inline,

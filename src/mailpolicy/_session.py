@@ -207,6 +207,16 @@ class Session:
             why = "AUTH over a plaintext connection refused (allow_insecure_auth is off)"
             raise StageError(classify_error(smtplib.SMTPNotSupportedError(why), stage="auth"), why)
         username, password = s.username or "", s.password or ""
+        if not (username.isascii() and password.isascii()):
+            # smtplib encodes AUTH as ASCII: its UnicodeEncodeError would quote a character
+            # of the password and its position. Refuse without saying which.
+            self.close()
+            why = (
+                "the SMTP username or password has non-ASCII characters, which smtplib cannot send"
+            )
+            raise StageError(
+                classify_error(smtplib.SMTPNotSupportedError("auth: " + why), stage="auth"), why
+            )
         self._step("auth", lambda: conn.login(username, password))
 
     def transaction(
