@@ -308,3 +308,25 @@ def test_dsn_intake_suppresses_hard_bounces_with_events(tmp_path: Path) -> None:
     (entry,) = store.suppressions(now=1_700_000_000.0)
     assert entry.expires_at is not None  # the default policy's [suppression] ttl
     store.close()
+
+
+def test_destination_overrides_inline_and_suppression(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """transactional's [[destinations]] corp.example: 6 inline attempts, and its own
+    [suppression] enabled = false, so a 550 5.1.1 there bounces without suppressing."""
+    smtp_server.script.rcpt("x@corp.example", *["451 4.3.0 Try later"] * 10)
+    smtp_server.script.rcpt("y@corp.example", "550 5.1.1 User unknown")
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", store=store,
+        policy="transactional", clock=clock.time, monotonic=clock.now, sleep=clock.sleep,
+        rng=lambda: 0.0, relays=RelayRegistry(), local_hostname="client.test",
+    )  # fmt: skip
+    with sender:
+        x = sender.send(message("x@corp.example")).outcomes[0]
+        y = sender.send(message("y@corp.example")).outcomes[0]
+    # More than the policy's own 4 attempts: the destination allows 6, and the relay's
+    # retry budget (capacity 20, 5 per retry) stops the tier at the fifth.
+    assert (x.state, x.attempts) == ("deferred", 5)
+    assert y.state == "bounced"
+    assert store.suppressions(now=clock.time()) == []

@@ -421,3 +421,30 @@ def test_wait_after_the_final_dot_is_cut_by_the_in_request_deadline(
     )
     (o,) = report.outcomes
     assert (o.state, o.ambiguous, o.reason, o.attempts) == ("deferred", True, "timeout", 1)
+
+
+def test_too_many_recipients_on_the_first_rcpt_is_deferred_not_looped(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    """A 452 4.5.3 to the very first RCPT: the server takes nobody, so a new transaction
+    now would fail the same way; deferred on the queue schedule, not due at once."""
+    smtp_server.script.rcpt("452 4.5.3 Too many recipients")
+    (o,) = sender_for(smtp_server).send(message("ann@example.org")).outcomes
+    assert (o.state, o.reason, o.action) == ("deferred", "too_many_recipients", "defer")
+    assert o.next_attempt_at is not None
+    assert o.next_attempt_at.timestamp() >= clock.time() + 60
+
+
+def test_only_the_internationalised_recipient_fails_without_smtputf8(
+    smtp_server_factory: Factory, sender_for: Callable[..., Sender]
+) -> None:
+    server = smtp_server_factory(smtputf8=False)
+    report = sender_for(server).send(
+        message("ann@example.org"), recipients=["ann@example.org", "用户@example.org"]
+    )
+    assert [(o.state, o.reason) for o in report.outcomes] == [
+        ("delivered", "delivered"),
+        ("bounced", "protocol_error"),
+    ]
+    assert server.messages[0].rcpt_tos == ("ann@example.org",)
+    assert "SMTPUTF8" not in [o.upper() for o in server.messages[0].mail_options]

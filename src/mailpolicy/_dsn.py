@@ -802,12 +802,14 @@ def intake_dsn(
     when = time.time() if now is None else now
     for v in verdicts:
         suppressed = False
-        if v.suppress and store is not None and policy.suppression.enabled:
+        destination = policy.destination_for(v.recipient.rpartition("@")[2])
+        suppression = policy.suppression if destination is None else destination.suppression
+        if v.suppress and store is not None and suppression.enabled:
             store.add_suppression(
                 v.recipient,
                 reason=v.verdict.reason,
                 now=when,
-                ttl=policy.suppression.ttl,
+                ttl=suppression.ttl,
                 code=v.verdict.code,
                 status=v.verdict.status,
                 text=v.dsn.diagnostic_code or "",

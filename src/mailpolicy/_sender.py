@@ -27,7 +27,7 @@ from ._errors import ConfigurationError
 from ._inline import AttemptInfo, InlineRetrier
 from ._message import PreparedMessage, prepare_message
 from ._outcome import DeliveryReport, RecipientOutcome, State, utc
-from ._policy import Decision, Policy
+from ._policy import Decision, Policy, SuppressionSettings
 from ._policy_load import load_policy
 from ._queue import next_step
 from ._relaystate import RELAYS, RelayRegistry, RelayState
@@ -273,7 +273,6 @@ class Sender:
             elif (hit := self._suppressed(checked.wire or recipient)) is not None:
                 outcomes[recipient] = replace(hit, recipient=recipient)
             else:
-                smtputf8 = smtputf8 or checked.smtputf8
                 pending.append(_Pending(recipient=recipient, wire=checked.wire or recipient))
         if pending:
             self._deliver(prepared, sender, pending, smtputf8=smtputf8, outcomes=outcomes)
@@ -294,7 +293,7 @@ class Sender:
     def _suppressed(self, address: str) -> RecipientOutcome | None:
         """The outcome for an address on the suppression list (checked before any SMTP
         traffic), or None."""
-        if self.store is None or not self.policy.suppression.check_before_send:
+        if self.store is None or not self._suppression_for(address).check_before_send:
             return None
         entry = self.store.suppressed(address, now=self._clock())
         if entry is None:
@@ -362,18 +361,28 @@ class Sender:
             if o.state in ("deferred", "held"):
                 outcomes[recipient] = replace(o, persisted=True)
 
+    def _suppression_for(self, address: str) -> SuppressionSettings:
+        """The ``[suppression]`` settings for an address: its destination's, if any."""
+        destination = self.policy.destination_for(address.rpartition("@")[2])
+        return self.policy.suppression if destination is None else destination.suppression
+
     def _suppress_if_dead(
         self, store: Store, address: str, o: RecipientOutcome, now: float
     ) -> None:
         """Add ``address`` to the suppression list when the policy suppressed it, or when
         this soft bounce (a full mailbox, a 4xx dead-address reply) is the policy's
         ``soft_bounce_limit``-th within ``soft_bounce_window``."""
-        suppression = self.policy.suppression
+        suppression = self._suppression_for(address)
         if not suppression.enabled:
             return
         text = o.text
         if o.action != "suppress" or o.state != "bounced":
-            soft = o.reason in _SOFT_BOUNCE_REASONS and o.state in ("deferred", "bounced")
+            # A soft bounce: the address is not proven dead (deferred), or it is a full
+            # mailbox even when permanent - never a hard bounce the policy chose not to
+            # suppress (that was the policy's decision, not a count to reach).
+            soft = (o.state == "deferred" and o.reason in _SOFT_BOUNCE_REASONS) or (
+                o.state == "bounced" and o.reason == "mailbox_full"
+            )
             if not soft or suppression.soft_bounce_limit <= 0:
                 return
             count = store.record_soft_bounce(
@@ -428,6 +437,11 @@ class Sender:
         first_failure_at: float | None = None
         todo = list(pending)
         started = self._monotonic()
+        # [[destinations]] may override [inline]: one message shares one inline tier, so
+        # the destination's settings apply when every recipient is in it.
+        destinations = {policy.destination_for(p.wire.rpartition("@")[2]) for p in pending}
+        only = next(iter(destinations)) if len(destinations) == 1 else None
+        inline = policy.inline if only is None else only.inline
 
         def attempt(info: AttemptInfo) -> _AttemptOutcome:
             nonlocal todo, first_failure_at
@@ -444,7 +458,7 @@ class Sender:
             # attempt_timeout cut to the time left) per command; the wait after the final
             # dot is cut by the in-request deadline (a cut there is ambiguous) unless an
             # explicit end_of_data_timeout says otherwise (the worker's RFC 5321 wait).
-            left = policy.inline.deadline - (self._monotonic() - started)
+            left = inline.deadline - (self._monotonic() - started)
             timeout = self.settings.timeout
             if self._fixed_timeout is None and info.timeout > 0:
                 timeout = info.timeout
@@ -476,7 +490,7 @@ class Sender:
             return _AttemptOutcome(_DONE if delivered else _STOP)
 
         InlineRetrier(
-            policy.inline,
+            inline,
             clock=self._monotonic,
             sleep=self._sleep,
             rng=self._rng,
@@ -496,7 +510,9 @@ class Sender:
         smtputf8: bool,
         relay: RelayState,
     ) -> None:
-        """One attempt: as many transactions as rebatching needs, on one connection."""
+        """One attempt: as many transactions as rebatching needs, on one connection.
+        ``smtputf8`` says the message itself (headers, envelope sender) needs SMTPUTF8;
+        recipients that need it are known from their wire addresses."""
         policy = self.policy
         batch = list(todo)
         for p in todo:
@@ -504,14 +520,22 @@ class Sender:
         while batch:
             try:
                 self._session.open()
-                if smtputf8 and not self._session.supports("smtputf8"):
-                    self._no_smtputf8(batch)
-                    return
+                use_utf8 = smtputf8 or any(not p.wire.isascii() for p in batch)
+                if use_utf8 and not self._session.supports("smtputf8"):
+                    # DESIGN.md §4: only what needs SMTPUTF8 fails: every recipient when
+                    # the message or its sender does, else just the internationalised
+                    # addresses, and the others go out without it.
+                    needy = batch if smtputf8 else [p for p in batch if not p.wire.isascii()]
+                    self._no_smtputf8(needy)
+                    batch = [p for p in batch if p not in needy]
+                    if not batch:
+                        return
+                    use_utf8 = False
                 results = self._session.transaction(
                     prepared,
                     sender.wire or prepared.envelope_from,
                     [(p.recipient, p.wire) for p in batch],
-                    smtputf8=smtputf8,
+                    smtputf8=use_utf8,
                 )
             except StageError as failure:
                 verdict = failure.verdict
@@ -531,9 +555,17 @@ class Sender:
                 self._judge(p, result)
             if rebatch and len(rebatch) == len(batch):
                 # The server took no recipient at all in that transaction: not a batch
-                # size problem. Let the policy decide (rebatch counts as retry).
+                # size problem, and a new transaction now would be refused the same way
+                # (a worker would loop on it). A transient failure: the queue's schedule.
                 for p in rebatch:
                     self._judge(p, by_recipient[p.recipient])
+                    if p.decision is not None and p.decision.action == "rebatch":
+                        p.decision = replace(
+                            p.decision,
+                            action="defer",
+                            schedule=policy.queue.schedule,
+                            give_up_after=policy.queue.give_up_after,
+                        )
                 return
             batch = rebatch
 

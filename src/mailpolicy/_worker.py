@@ -212,7 +212,6 @@ class Worker:
         ]
         envelope = check_address(prepared.envelope_from, mode="off")
         smtputf8 = prepared.smtputf8 or not prepared.envelope_from.isascii()
-        smtputf8 = smtputf8 or any(not p.wire.isascii() for p in pending)
         sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
         now = self._clock()
         updates = []
