@@ -110,9 +110,22 @@ def test_refused_in_every_mode_that_checks(address: str) -> None:
     assert got.error
 
 
-@pytest.mark.parametrize("address", ["no-at-sign", "a\r\n@example.org", "x@", "nul\x00@x.org"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "no-at-sign",
+        "a\r\n@example.org",
+        "x@",
+        "nul\x00@x.org",
+        "x> NOTIFY=NEVER ORCPT=rfc822;a@b <y@corp",
+        "a b@corp",
+        '"quoted"@corp',
+    ],
+)
 def test_off_mode_still_refuses_what_no_mode_may_send(address: str) -> None:
+    """No SMTP command or ESMTP parameter injection through the unchecked paths."""
     assert not check_address(address, mode="off").ok
+    assert not check_address(address, allow_domains=frozenset({"corp"})).ok
 
 
 def test_smtputf8_decision() -> None:

@@ -448,3 +448,13 @@ def test_only_the_internationalised_recipient_fails_without_smtputf8(
     ]
     assert server.messages[0].rcpt_tos == ("ann@example.org",)
     assert "SMTPUTF8" not in [o.upper() for o in server.messages[0].mail_options]
+
+
+def test_421_to_ehlo_keeps_its_reply(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """A 421 to EHLO is the server's answer (and its announced delay), not a "drop"
+    caused by falling back to HELO on a closed connection."""
+    smtp_server.script.ehlo(*["421 4.3.2 Service shutting down, try again in 120 seconds"] * 3)
+    (o,) = sender_for(smtp_server).send(message("ann@example.org")).outcomes
+    assert (o.state, o.code, o.status) == ("deferred", 421, "4.3.2")

@@ -38,6 +38,10 @@ ADDRESS_MODES: Final[tuple[AddressMode, ...]] = ("strict", "syntax", "off")
 MAX_ADDRESS: Final = 320
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Outside the validator's checks (mode "off", allow_domains) an address still may not
+# carry what would end the path or add ESMTP parameters on the wire: "RCPT TO:<x>
+# NOTIFY=NEVER <y@z>" (research/validation-security.md part B).
+_PATH_BREAKERS = re.compile(r"[<>\s\"\\]")
 _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
@@ -136,6 +140,10 @@ def check_address(
     if not at or not local or not domain:
         return _refuse(address, "an address needs a local part, an @-sign and a domain")
     if mode == "off" or domain.lower() in allow_domains:
+        if _PATH_BREAKERS.search(address):
+            return _refuse(
+                address, "the address contains a space, a quote, a backslash or angle brackets"
+            )
         smtputf8 = not local.isascii()
         if not domain.isascii():
             try:

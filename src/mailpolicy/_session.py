@@ -191,7 +191,7 @@ class Session:
 
     def _ehlo(self, conn: smtplib.SMTP) -> None:
         code, reply = self._step("ehlo", conn.ehlo)
-        if not 200 <= code < 300:
+        if code in (500, 502, 504):  # EHLO not understood: an old server; try HELO
             code, reply = self._step("ehlo", conn.helo)
         if not 200 <= code < 300:
             verdict, text = _verdict(code, reply, "ehlo", self.settings.host)
