@@ -330,3 +330,40 @@ def test_destination_overrides_inline_and_suppression(
     assert (x.state, x.attempts) == ("deferred", 5)
     assert y.state == "bounced"
     assert store.suppressions(now=clock.time()) == []
+
+
+def test_worker_skips_addresses_suppressed_since_and_keeps_to_its_relay(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    relays = RelayRegistry()
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        sender.send(message("ann@example.org"))
+        sender.send(message("bob@example.org"))
+    store.add_suppression("ann@example.org", reason="mailbox_unknown", now=clock.time(), ttl=None)
+    clock.advance(86400)
+    other = Worker(
+        store, smtp_server.host, smtp_server.port + 1, security="none", clock=clock.time,
+        monotonic=clock.now, sleep=clock.sleep, relays=relays,
+    )  # fmt: skip
+    assert other.run_once().claims == 0  # another relay's messages are not its business
+    stats = make_worker(smtp_server, store, clock, relays).run_once()
+    assert (stats.delivered, stats.by_state.get("suppressed")) == (1, 1)
+    assert "ann@example.org" not in [r for m in smtp_server.messages for r in m.rcpt_tos]
+    (row,) = store.list_recipients(state="suppressed", message_id=None, limit=10)
+    assert row.recipient == "ann@example.org"
+
+
+def test_cli_worker_exits_nonzero_when_it_cannot_work(tmp_path: Path) -> None:
+    """A store that fails under the worker (here: not a database) ends the command
+    with a clear error and exit status 1, not 0, so a supervisor restarts it."""
+    bad = tmp_path / "not-a-db.sqlite3"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    done = subprocess.run(
+        [sys.executable, "-m", "mailpolicy", "worker", "--store", f"sqlite:///{bad}",
+         "--host", "127.0.0.1", "--port", "2525", "--security", "none", "--once"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "not a database" in done.stderr or "not-a-db" in done.stderr

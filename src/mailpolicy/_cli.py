@@ -182,6 +182,7 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
             policy=args.policy,
             lease=args.lease,
             allow_insecure_auth=args.allow_insecure_auth,
+            all_relays=args.all_relays,
         )
         worker.stop_requested = stop_event
         workers.append(worker)
@@ -193,9 +194,14 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     results: list[WorkerStats] = []
+    failures: list[BaseException] = []
 
     def run(worker: Worker) -> None:
-        results.append(worker.run_once() if args.once else worker.run_forever(poll=args.poll))
+        try:
+            results.append(worker.run_once() if args.once else worker.run_forever(poll=args.poll))
+        except Exception as exc:  # reported below, after the other threads are stopped
+            failures.append(exc)
+            stop_event.set()
 
     threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in workers]
     try:
@@ -209,6 +215,10 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
             w.close()
         for store in stores:
             store.close()
+    for exc in failures:
+        print(f"mailpolicy worker: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if failures:
+        return 1  # a supervisor (systemd Restart=on-failure) should start it again
     total = WorkerStats()
     for r in results:
         for name in ("claims", "delivered", "deferred", "bounced", "held"):
@@ -405,6 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--poll", type=_duration, default=5.0, help="idle wait between scans")
     w.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     w.add_argument("--concurrency", type=int, default=1, help="worker threads (default 1)")
+    w.add_argument(
+        "--all-relays",
+        action="store_true",
+        help="also deliver messages saved with another relay (default: only this one's)",
+    )
     w.set_defaults(handler=_cmd_worker)
 
     o = sub.add_parser("outbox", help="inspect and steer the outbox")

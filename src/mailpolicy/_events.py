@@ -108,3 +108,8 @@ def dsn(state: str, **fields: Any) -> None:
     getattr(_logger(), "warning" if state == "bounced" else "info")(
         "mail.dsn", state=state, **fields
     )
+
+
+def worker_policy_fallback(**fields: Any) -> None:
+    """A stored message's policy no longer loads by name: the worker uses another."""
+    _logger().warning("mail.worker.policy_fallback", **fields)

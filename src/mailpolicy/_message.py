@@ -47,6 +47,12 @@ class PreparedMessage:
     smtputf8: bool
 
 
+def wire_bytes(data: bytes) -> bytes:
+    """CRLF-normalised message bytes as sent after DATA: dot-stuffed (RFC 5321 §4.5.2)
+    and ended with the final ``.`` line."""
+    return _LEADING_DOT.sub(b"..", data) + b".\r\n"
+
+
 def split_addresses(text: str) -> list[str]:
     """The addr-specs of an address-list header, as the user wrote them.
 
@@ -233,7 +239,7 @@ def prepare_message(
     data = head + body
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    wire_data = _LEADING_DOT.sub(b"..", data) + b".\r\n"
+    wire_data = wire_bytes(data)
     return PreparedMessage(
         message_id=message_id,
         envelope_from=envelope_from,

@@ -41,7 +41,7 @@ from ._session import (
     StageError,
 )
 from ._store import Attempt, NewRecipient, Store, open_store
-from ._vocab import DEAD_ADDRESS_REASONS, REASONS, Reason
+from ._vocab import DEAD_ADDRESS_REASONS, Reason, as_reason
 
 _DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25}
 #: Stages at which a failure is the relay's, for the circuit breaker.
@@ -301,7 +301,7 @@ class Sender:
         return RecipientOutcome(
             recipient=address,
             state="suppressed",
-            reason=entry.reason if entry.reason in REASONS else "unknown",
+            reason=as_reason(entry.reason),
             code=entry.code,
             status=entry.status,
             text=f"on the suppression list since {utc(entry.created_at).isoformat()}: "
@@ -613,7 +613,16 @@ class Sender:
             decision = replace(decision, action="defer")
         p.decision = decision
 
-    def _finish(self, p: _Pending, first_failure_at: float, now: float) -> RecipientOutcome:
+    def _finish(
+        self,
+        p: _Pending,
+        first_failure_at: float,
+        now: float,
+        history: Sequence[float] | None = None,
+    ) -> RecipientOutcome:
+        """The outcome of a judged recipient; a deferral is scheduled by the queue tier
+        with ``history`` (the times of the failed attempts so far, this one included;
+        default: just this one)."""
         verdict, decision = p.verdict, p.decision
         if verdict is None or decision is None:  # pragma: no cover - attempted at least once
             raise AssertionError("recipient never attempted")
@@ -632,7 +641,7 @@ class Sender:
                 self.policy,
                 decision,
                 first_failure_at=first_failure_at,
-                history=[now],
+                history=[now] if history is None else history,
                 now=now,
                 retry_after=verdict.retry_after,
                 rng=self._rng,

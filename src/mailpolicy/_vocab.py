@@ -81,3 +81,9 @@ RECIPIENT_STAGES: Final[frozenset[Stage | None]] = frozenset({"rcpt", "end_of_da
 SESSION_STAGES: Final[frozenset[Stage]] = frozenset(
     {"connect", "greeting", "ehlo", "starttls", "auth", "quit"}
 )
+
+
+def as_reason(value: str) -> Reason:
+    """``value`` if it is a taxonomy reason (read back from a store, say), else
+    ``unknown``."""
+    return value if value in REASONS else "unknown"

@@ -14,7 +14,6 @@ The lease must outlast one delivery: the default is 15 minutes, longer than RFC 
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -24,17 +23,16 @@ from typing import Final
 
 from . import _events as events
 from ._address import check_address
-from ._message import PreparedMessage
-from ._outcome import utc
+from ._errors import MailPolicyError
+from ._message import PreparedMessage, wire_bytes
 from ._policy import Policy
 from ._policy_load import load_policy
-from ._queue import next_step
 from ._relaystate import RELAYS, RelayRegistry
 from ._sender import Sender, _Pending
 from ._session import Security
-from ._store import Attempt, Claim, RecipientUpdate, Store, lease_owner
+from ._store import Attempt, Claim, RecipientUpdate, Store, StoreError, lease_owner
+from ._vocab import as_reason
 
-_LEADING_DOT: Final = re.compile(rb"(?m)^\.")
 DEFAULT_LEASE: Final = 15 * 60.0
 
 
@@ -58,13 +56,14 @@ class WorkerStats:
 
 def _prepared(claim: Claim) -> PreparedMessage:
     m = claim.message
-    data = m.data or b""
+    if m.data is None:  # purged while a recipient was still pending: never send nothing
+        raise StoreError(f"message {m.message_id} has no stored body left to send")
     return PreparedMessage(
         message_id=m.message_id,
         envelope_from=m.envelope_from,
         recipients=tuple(r.recipient for r in claim.recipients),
-        data=data,
-        wire_data=_LEADING_DOT.sub(b"..", data) + b".\r\n",
+        data=m.data,
+        wire_data=wire_bytes(m.data),
         eight_bit=m.eight_bit,
         smtputf8=m.smtputf8,
     )
@@ -97,6 +96,7 @@ class Worker:
         relays: RelayRegistry | None = None,
         owner: str | None = None,
         sender_options: dict[str, object] | None = None,
+        all_relays: bool = False,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -125,14 +125,19 @@ class Worker:
         )
         self.stop_requested = threading.Event()
         self.stats = WorkerStats()
+        # Messages are sent through the relay they were saved with: a worker claims only
+        # its own relay's, unless all_relays (the relay's credentials, SPF/DKIM alignment
+        # and quotas belong to it).
+        self._relay_filter = None if all_relays else self._make(load_policy("default")).relay
 
     def _sender_for(self, name: str) -> Sender:
         policy = self._override
         if policy is None:
             try:
                 policy = load_policy(name)
-            except Exception:  # a policy renamed or removed since the send: the default
+            except MailPolicyError as exc:  # renamed or removed since the send, or a file
                 policy = load_policy("default")
+                events.worker_policy_fallback(policy=name, used="default", error=str(exc))
         sender = self._senders.get(policy.name)
         if sender is None:
             sender = self._senders[policy.name] = self._make(policy)
@@ -149,7 +154,11 @@ class Worker:
         claim is finished or released) when :attr:`stop_requested` is set."""
         while not self.stop_requested.is_set():
             claims = self.store.claim_due(
-                now=self._clock(), owner=self.owner, lease_seconds=self.lease, limit=self.batch
+                now=self._clock(),
+                owner=self.owner,
+                lease_seconds=self.lease,
+                limit=self.batch,
+                relay=self._relay_filter,
             )
             if not claims:
                 break
@@ -206,34 +215,36 @@ class Worker:
             )
             return
         prepared = _prepared(claim)
-        pending = [
-            _Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts)
-            for r in claim.recipients
-        ]
-        envelope = check_address(prepared.envelope_from, mode="off")
-        smtputf8 = prepared.smtputf8 or not prepared.envelope_from.isascii()
-        sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
         now = self._clock()
         updates = []
-        for stored, p in zip(claim.recipients, pending, strict=True):
-            outcome = sender._finish(p, stored.first_failure_at or now, now)
-            if outcome.state == "deferred" and p.decision is not None and p.verdict is not None:
-                history = [
-                    a.at - (stored.first_failure_at or now)
-                    for a in self.store.journal(recipient_key=stored.key)
-                ]
-                step = next_step(
-                    policy,
-                    p.decision,
-                    first_failure_at=stored.first_failure_at or now,
-                    history=[*(h + (stored.first_failure_at or now) for h in history), now],
-                    now=now,
-                    retry_after=p.verdict.retry_after,
+        due = []
+        for r in claim.recipients:
+            # An address suppressed since the message was deferred (another bounce, a
+            # DSN, an operator) is not tried again: suppressed, without an attempt.
+            entry = self.store.suppressed(r.wire, now=now)
+            if entry is None:
+                due.append(r)
+                continue
+            self.stats.count("suppressed")
+            updates.append(
+                RecipientUpdate(
+                    key=r.key,
+                    state="suppressed",
+                    reason=as_reason(entry.reason),
+                    code=entry.code,
+                    status=entry.status,
+                    text="on the suppression list: " + (entry.text or ""),
                 )
-                if step.action == "bounce":
-                    outcome = replace(outcome, state="bounced", next_attempt_at=None)
-                elif step.next_attempt_at is not None:
-                    outcome = replace(outcome, next_attempt_at=utc(step.next_attempt_at))
+            )
+        pending = [_Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts) for r in due]
+        envelope = check_address(prepared.envelope_from, mode="off")
+        smtputf8 = prepared.smtputf8 or not prepared.envelope_from.isascii()
+        if pending:
+            sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
+        now = self._clock()
+        for stored, p in zip(due, pending, strict=True):
+            history = [a.at for a in self.store.journal(recipient_key=stored.key)]
+            outcome = sender._finish(p, stored.first_failure_at or now, now, [*history, now])
             sender._suppress_if_dead(self.store, p.wire, outcome, now)
             self.stats.count(outcome.state)
             updates.append(
