@@ -458,3 +458,23 @@ def test_421_to_ehlo_keeps_its_reply(
     smtp_server.script.ehlo(*["421 4.3.2 Service shutting down, try again in 120 seconds"] * 3)
     (o,) = sender_for(smtp_server).send(message("ann@example.org")).outcomes
     assert (o.state, o.code, o.status) == ("deferred", 421, "4.3.2")
+
+
+def test_throttle_pauses_the_relay(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    """A rate limit (the default policy's throttle, pause 5m): the next sends through
+    that relay defer at once, without connecting, until the pause is over."""
+    smtp_server.script.rcpt("450 4.2.1 You are sending too quickly, slow down")
+    s = sender_for(smtp_server)
+    first = s.send(message("ann@example.org")).outcomes[0]
+    assert (first.reason, first.action) == ("rate_limited", "throttle")
+    connections = smtp_server.connections
+    paused = s.send(message("bob@example.org")).outcomes[0]
+    assert (paused.state, paused.rule, paused.attempts) == ("deferred", "circuit.open", 0)
+    assert "paused" in paused.text
+    assert paused.next_attempt_at is not None
+    assert paused.next_attempt_at.timestamp() >= clock.time() + 290
+    assert smtp_server.connections == connections
+    clock.advance(301)
+    assert s.send(message("carl@example.org")).outcomes[0].state == "delivered"

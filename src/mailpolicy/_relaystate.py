@@ -58,6 +58,7 @@ class RelayState:
         self._failures = 0
         self._opened_at: float | None = None
         self._probe_started: float | None = None
+        self._paused_until = 0.0
 
     # --- budget ------------------------------------------------------------------------
 
@@ -97,10 +98,24 @@ class RelayState:
 
     # --- circuit -----------------------------------------------------------------------
 
-    def allow_attempt(self, circuit: CircuitSettings, *, now: float) -> bool:
-        """Whether to connect now. While open, one caller per ``probe_every`` gets True
-        (the probe); everyone else defers at once."""
+    def pause(self, until: float) -> None:
+        """Send nothing through this relay before ``until`` (a ``throttle`` decision:
+        the server asked us to slow down); a later pause extends, never shortens it."""
         with self._lock:
+            self._paused_until = max(self._paused_until, until)
+
+    def paused_for(self, *, now: float) -> float:
+        """Seconds left of a throttle pause (0 when not paused)."""
+        with self._lock:
+            return max(0.0, self._paused_until - now)
+
+    def allow_attempt(self, circuit: CircuitSettings, *, now: float) -> bool:
+        """Whether to connect now. Never during a throttle pause; while the circuit is
+        open, one caller per ``probe_every`` gets True (the probe); everyone else defers
+        at once."""
+        with self._lock:
+            if now < self._paused_until:
+                return False
             if self._opened_at is None:
                 return True
             last = self._probe_started if self._probe_started is not None else self._opened_at

@@ -446,11 +446,22 @@ class Sender:
         def attempt(info: AttemptInfo) -> _AttemptOutcome:
             nonlocal todo, first_failure_at
             if not relay.allow_attempt(policy.circuit, now=self._monotonic()):
-                # The relay is down: defer at once, spending no attempt (DESIGN.md §4).
+                # The relay is down (its circuit is open) or paused by a throttle: defer
+                # at once, spending no attempt (DESIGN.md §4).
+                paused = relay.paused_for(now=self._monotonic())
+                why = (
+                    f"relay paused for {paused:.0f}s more after a rate limit (throttle)"
+                    if paused
+                    else "circuit open: relay recently unreachable"
+                )
                 for p in todo:
-                    p.verdict, p.text = _CIRCUIT_OPEN, "circuit open: relay recently unreachable"
+                    p.verdict, p.text = _CIRCUIT_OPEN, why
                     p.decision = Decision(
-                        action="defer", rule="circuit-open", retry=True, suppress=False
+                        action="defer",
+                        rule="relay-paused" if paused else "circuit-open",
+                        retry=True,
+                        suppress=False,
+                        min_delay=paused,
                     )
                 todo = []
                 return _AttemptOutcome(_STOP)
@@ -472,6 +483,7 @@ class Sender:
                 )
             attempt_started = self._monotonic()
             self._run_attempt(prepared, sender, todo, smtputf8=smtputf8, relay=relay)
+            self._apply_throttle(todo, relay)
             self._emit_attempt(prepared, info.number, todo, attempt_started)
             if first_failure_at is None and any(
                 p.decision and p.decision.action != "deliver" for p in todo
@@ -568,6 +580,16 @@ class Sender:
                         )
                 return
             batch = rebatch
+
+    def _apply_throttle(self, judged: Sequence[_Pending], relay: RelayState) -> None:
+        """A ``throttle`` decision pauses the whole relay for its ``pause``."""
+        pauses = [
+            p.decision.pause
+            for p in judged
+            if p.decision is not None and p.decision.action == "throttle" and p.decision.pause
+        ]
+        if pauses:
+            relay.pause(self._monotonic() + max(pauses))
 
     def _no_smtputf8(self, batch: list[_Pending]) -> None:
         verdict = Verdict(

@@ -208,11 +208,11 @@ class Worker:
         relay = sender._relays.get(sender.settings.host, sender.settings.port)
         now_m = sender._monotonic()
         if not relay.allow_attempt(policy.circuit, now=now_m):
-            # The relay is down: wait without spending an attempt (DESIGN.md §4).
+            # The relay is down or paused by a throttle: wait without spending an attempt
+            # (DESIGN.md §4), until the next probe or the end of the pause.
             self.stats.circuit_waits += 1
-            self.store.release(
-                claim, now=self._clock(), next_attempt_at=self._clock() + policy.circuit.probe_every
-            )
+            wait = max(policy.circuit.probe_every, relay.paused_for(now=now_m))
+            self.store.release(claim, now=self._clock(), next_attempt_at=self._clock() + wait)
             return
         prepared = _prepared(claim)
         now = self._clock()
@@ -241,6 +241,7 @@ class Worker:
         smtputf8 = prepared.smtputf8 or not prepared.envelope_from.isascii()
         if pending:
             sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
+            sender._apply_throttle(pending, relay)
         now = self._clock()
         for stored, p in zip(due, pending, strict=True):
             history = [a.at for a in self.store.journal(recipient_key=stored.key)]
