@@ -478,3 +478,30 @@ def test_throttle_pauses_the_relay(
     assert smtp_server.connections == connections
     clock.advance(301)
     assert s.send(message("carl@example.org")).outcomes[0].state == "delivered"
+
+
+def test_the_deadline_caps_a_whole_send_not_only_each_command(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], tmp_path: Any
+) -> None:
+    """DESIGN.md §4: [inline] deadline caps a whole send(). A server that answers each
+    RCPT just within the per-command timeout cannot stretch the send past it."""
+    import time as real_time
+
+    from mailpolicy import load_policy
+    from mailpolicy.testing import Delay
+
+    policy_file = tmp_path / "short.toml"
+    policy_file.write_text(
+        'schema = 1\nname = "short"\nextends = "default"\ndescription = "a 1 s deadline"\n'
+        '[inline]\ndeadline = "1s"\nattempt_timeout = "800ms"\nmax_attempts = 1\n'
+    )
+    smtp_server.script.rcpt(*[Delay(0.3, "250 OK")] * 10)
+    started = real_time.monotonic()
+    report = sender_for(smtp_server, policy=load_policy(policy_file)).send(
+        message(*[f"u{i}@example.org" for i in range(8)])
+    )
+    assert real_time.monotonic() - started < 2.0  # 8 x 0.3 s would be 2.4 s
+    states = [o.state for o in report.outcomes]
+    assert "deferred" in states
+    assert smtp_server.messages == []  # cut before the final dot: nothing delivered
+    assert {o.reason for o in report.outcomes if o.state == "deferred"} == {"timeout"}

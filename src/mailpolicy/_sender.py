@@ -476,11 +476,12 @@ class Sender:
             eod = self._end_of_data_timeout
             if eod is None:  # whole seconds: the same value send after send
                 eod = min(policy.queue.end_of_data_timeout, float(math.ceil(max(left, timeout))))
-            current = self._session.settings
-            if current.timeout != timeout or current.end_of_data_timeout != eod:
-                self._session.settings = replace(
-                    self.settings, timeout=timeout, end_of_data_timeout=eod
-                )
+            # The whole attempt (not only each command) stays within the deadline: the
+            # session cuts each command's wait to what is left (on the real clock).
+            deadline_at = time.monotonic() + max(left, 0.0)
+            self._session.settings = replace(
+                self.settings, timeout=timeout, end_of_data_timeout=eod, deadline_at=deadline_at
+            )
             attempt_started = self._monotonic()
             self._run_attempt(prepared, sender, todo, smtputf8=smtputf8, relay=relay)
             self._apply_throttle(todo, relay)

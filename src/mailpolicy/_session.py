@@ -14,6 +14,7 @@ import re
 import smtplib
 import socket
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
@@ -49,6 +50,9 @@ class ConnectionSettings:
     end_of_data_timeout: float = 600.0
     local_hostname: str | None = None
     allow_insecure_auth: bool = False
+    #: ``time.monotonic()`` value after which no command may wait any longer: the
+    #: in-request deadline of a ``send()`` (None: only the per-command timeout).
+    deadline_at: float | None = None
 
     @property
     def relay(self) -> str:
@@ -253,8 +257,19 @@ class Session:
         host = self.settings.host
         results = [RecipientResult(recipient=r) for r, _ in recipients]
         fresh, self._fresh = self._fresh, False
-        if conn.sock is not None:
-            conn.sock.settimeout(self.settings.timeout)
+        deadline_at = self.settings.deadline_at
+
+        def arm() -> None:
+            # DESIGN.md §4: the per-command timeout, cut to what is left of the deadline
+            # (a command started past it times out at once and counts as a timeout).
+            if conn.sock is None:
+                return
+            timeout = self.settings.timeout
+            if deadline_at is not None:
+                timeout = max(0.001, min(timeout, deadline_at - time.monotonic()))
+            conn.sock.settimeout(timeout)
+
+        arm()
 
         options: list[str] = []
         if smtputf8:
@@ -288,6 +303,7 @@ class Session:
         accepted: list[RecipientResult] = []
         for i, (result, (_, wire)) in enumerate(zip(results, recipients, strict=True)):
             try:
+                arm()
                 code, reply = _command(conn, "rcpt", f"TO:<{wire}>", ())
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close(polite=False)
@@ -313,6 +329,7 @@ class Session:
 
         # --- DATA, the message, and the reply after the final dot
         try:
+            arm()
             code, reply = conn.docmd("data")  # spelt as smtplib's own data() does
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
@@ -324,6 +341,7 @@ class Session:
             self._after_failure(code)
             return results
         try:
+            arm()
             conn.send(message.wire_data)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # The final dot did not get through: nothing can have been accepted.
