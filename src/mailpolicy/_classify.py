@@ -173,8 +173,9 @@ def classify_parsed(
     """Classify an already parsed reply; ``stage``/``host`` override the text's hints."""
     ruleset = RULES if rules is None else rules
     stage = stage if stage is not None else parsed.stage
-    if not host and ruleset.needs_host:
-        host = parsed.host_hint() or ""
+    # The reporting host named in a diagnostic is read only when a provider rule keyed
+    # on hosts is examined (most texts never reach one).
+    host_unknown = not host and ruleset.needs_host
     code = parsed.code
     status = parsed.status
     code_s = "" if code is None else str(code)
@@ -203,6 +204,8 @@ def classify_parsed(
             r = ruleset.text_rules[i]
             if firm_status and r.weak:
                 continue
+            if r.hosts and host_unknown:
+                host, host_unknown = parsed.host_hint() or "", False
             if r.applies(code_s, status_s, stage, host) and any(
                 p.found_in(joined) for p in candidates[i]
             ):

@@ -38,6 +38,7 @@ _SAID_ANCHORS: Final = (
     "said", "replied", "returned", "responded", "response was", "reason", "error",
     "technical report", "diagnostic-code", "error_code", "smtp",
 )  # fmt: skip
+_SEPARATOR = re.compile(r"[:;]")
 _AFTER_ANCHOR = re.compile(r"[ \t]*[:;][ \t]*['\"]?(?:smtp[ \t]*;[ \t]*)?")
 # Where the text names the command a reply answered: Postfix "(in reply to RCPT TO
 # command)", Exim "after RCPT TO:<x>", transcripts (">>> RCPT TO"), qmail, Sendmail.
@@ -195,15 +196,17 @@ def parse_reply(
     else:
         # Prose: find the quoted reply, preferring the place a relay says it put it.
         found = None
-        for anchor in _SAID_ANCHORS:
-            pos = lowered.find(anchor)
-            while pos != -1 and found is None:
-                sep = _AFTER_ANCHOR.match(lowered, pos + len(anchor))
-                if sep is not None and sep.end() > pos + len(anchor):
-                    found = _find_code(lowered, sep.end(), anchored=True)
-                pos = lowered.find(anchor, pos + 1) if found is None else -1
-            if found is not None:
-                break
+        for colon in _SEPARATOR.finditer(lowered):
+            # A ":" or ";" right after an anchor word ("said:", "Diagnostic-Code: smtp;")
+            end = colon.start()
+            while end and lowered[end - 1] in " \t":
+                end -= 1
+            if lowered.endswith(_SAID_ANCHORS, 0, end):
+                after = _AFTER_ANCHOR.match(lowered, colon.start())
+                if after is not None:
+                    found = _find_code(lowered, after.end(), anchored=True)
+                    if found is not None:
+                        break
         if found is None:
             found = _find_code(lowered)
         if found is not None:

@@ -52,7 +52,11 @@ class Phrase:
     segments: tuple[str, ...]  # each " w1 w2 " with surrounding spaces
 
     def found_in(self, joined: str) -> bool:
-        first, *rest = self.segments
+        segments = self.segments
+        first = segments[0]
+        if len(segments) == 1:  # the common case: one run of words, one C-level search
+            return first in joined
+        rest = segments[1:]
         pos = joined.find(first)
         while pos != -1:
             end = pos + len(first) - 1
