@@ -340,7 +340,7 @@ def _worker_child(conn: Any, path: str, port: int) -> None:
     with SQLiteStore(Path(path), synchronous="normal") as store:
         worker = Worker(
             store, "127.0.0.1", port, security="none", relays=RelayRegistry(),
-            sender_options={"local_hostname": "bench.local"},
+            sender_options={"local_hostname": "bench.local"}, all_relays=True,
         )  # fmt: skip
         tracemalloc.start()
         stats = worker.run_once()
