@@ -27,7 +27,7 @@ from ._errors import ConfigurationError
 from ._inline import AttemptInfo, InlineRetrier
 from ._message import PreparedMessage, prepare_message
 from ._outcome import DeliveryReport, RecipientOutcome, State, utc
-from ._policy import Decision, Policy, SuppressionSettings
+from ._policy import AddressSettings, Decision, Policy, SuppressionSettings
 from ._policy_load import load_policy
 from ._queue import next_step
 from ._relaystate import RELAYS, RelayRegistry, RelayState
@@ -91,6 +91,58 @@ _CIRCUIT_OPEN: Final = Verdict(
     rule="circuit.open",
     stage="connect",
 )
+
+
+def address_checker(settings: AddressSettings) -> Callable[[str], CheckedAddress]:
+    """Pre-validation of one address under a policy's ``[address]`` settings; syntax
+    verdicts (no DNS) are remembered (:func:`check_address_cached`)."""
+    allow = frozenset(d.lower() for d in settings.allow_domains)
+    mode = settings.mode
+    if not settings.check_deliverability:
+        return lambda address: (
+            check_address_cached(address, mode, allow)
+            if isinstance(address, str)
+            else check_address(address, mode=mode, allow_domains=allow)
+        )
+    return lambda address: check_address(
+        address, mode=mode, check_deliverability=True, allow_domains=allow
+    )
+
+
+def prevalidate(
+    prepared: PreparedMessage, policy: Policy
+) -> tuple[CheckedAddress, dict[str, RecipientOutcome], list[tuple[str, str]]]:
+    """Pre-validate a prepared message's envelope (DESIGN.md §4): the sender's verdict,
+    the ``invalid`` outcomes (no SMTP command will name those recipients), and the
+    valid recipients with their wire addresses, in order."""
+    check = address_checker(policy.address)
+    sender = check(prepared.envelope_from)
+    invalid: dict[str, RecipientOutcome] = {}
+    valid: list[tuple[str, str]] = []
+    for recipient in prepared.recipients:
+        if not sender.ok:
+            invalid[recipient] = RecipientOutcome(
+                recipient=recipient,
+                state="invalid",
+                reason="sender_rejected",
+                text=f"envelope sender {prepared.envelope_from!r} refused: {sender.error}",
+                rule="prevalidation.sender",
+                action="bounce",
+            )
+            continue
+        checked = check(recipient)
+        if checked.ok:
+            valid.append((recipient, checked.wire or recipient))
+        else:
+            invalid[recipient] = RecipientOutcome(
+                recipient=recipient,
+                state="invalid",
+                reason="mailbox_name_invalid",
+                text=checked.error or "invalid address",
+                rule=f"prevalidation.{policy.address.mode}",
+                action="bounce",
+            )
+    return sender, invalid, valid
 
 
 def _resolve_policy(policy: Policy | str | Path | None) -> Policy:
@@ -245,35 +297,15 @@ class Sender:
         started = self._monotonic()
         prepared = prepare_message(message, envelope_from=envelope_from, recipients=recipients)
         policy = self.policy
-        check = self._checker()
-        sender = check(prepared.envelope_from)
-        outcomes: dict[str, RecipientOutcome] = {}
+        sender, outcomes, valid = prevalidate(prepared, policy)
         pending: list[_Pending] = []
         smtputf8 = prepared.smtputf8 or sender.smtputf8
-        for recipient in prepared.recipients:
-            checked = check(recipient)
-            if not sender.ok:
-                outcomes[recipient] = RecipientOutcome(
-                    recipient=recipient,
-                    state="invalid",
-                    reason="sender_rejected",
-                    text=f"envelope sender {prepared.envelope_from!r} refused: {sender.error}",
-                    rule="prevalidation.sender",
-                    action="bounce",
-                )
-            elif not checked.ok:
-                outcomes[recipient] = RecipientOutcome(
-                    recipient=recipient,
-                    state="invalid",
-                    reason="mailbox_name_invalid",
-                    text=checked.error or "invalid address",
-                    rule=f"prevalidation.{policy.address.mode}",
-                    action="bounce",
-                )
-            elif (hit := self._suppressed(checked.wire or recipient)) is not None:
+        for recipient, wire in valid:
+            hit = self._suppressed(wire)
+            if hit is not None:
                 outcomes[recipient] = replace(hit, recipient=recipient)
             else:
-                pending.append(_Pending(recipient=recipient, wire=checked.wire or recipient))
+                pending.append(_Pending(recipient=recipient, wire=wire))
         if pending:
             self._deliver(prepared, sender, pending, smtputf8=smtputf8, outcomes=outcomes)
         if self.store is not None:
@@ -401,27 +433,6 @@ class Sender:
             text=text,
             policy=self.policy.name,
         )
-
-    def _checker(self) -> Callable[[str], CheckedAddress]:
-        a = self.policy.address
-        allow = frozenset(d.lower() for d in a.allow_domains)
-        if not a.check_deliverability:
-            mode = a.mode
-            return lambda address: (
-                check_address_cached(address, mode, allow)
-                if isinstance(address, str)
-                else check_address(address, mode=mode, allow_domains=allow)
-            )
-
-        def check(address: str) -> CheckedAddress:
-            return check_address(
-                address,
-                mode=a.mode,
-                check_deliverability=True,
-                allow_domains=allow,
-            )
-
-        return check
 
     def _deliver(
         self,

@@ -52,7 +52,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from . import _appworker
-from ._address import CheckedAddress, check_address
+from ._address import check_address
 from ._errors import (
     ConfigurationError,
     DeliveryIncomplete,
@@ -65,7 +65,7 @@ from ._message import prepare_message, split_addresses
 from ._outcome import DeliveryReport, RecipientOutcome
 from ._policy import Policy
 from ._policy_load import load_policy
-from ._sender import Sender
+from ._sender import Sender, prevalidate
 from ._session import Security
 from ._store import Store, StoreError, open_store
 
@@ -551,53 +551,22 @@ def _recorded(out: _Outgoing, settings: MailSettings) -> DeliveryReport:
     prepared = prepare_message(
         out.message, envelope_from=out.envelope_from, recipients=out.recipients
     )
-    a = settings.policy.address
-    mode = a.mode
-    allow = frozenset(d.lower() for d in a.allow_domains)
-
-    def check(address: str) -> CheckedAddress:  # as the Sender checks (Sender._checker)
-        return check_address(
-            address, mode=mode, check_deliverability=a.check_deliverability, allow_domains=allow
+    _, outcomes, valid = prevalidate(prepared, settings.policy)
+    for recipient, _wire in valid:
+        outcomes[recipient] = RecipientOutcome(
+            recipient=recipient,
+            state="delivered",
+            reason="delivered",
+            text="MAIL_SUPPRESS_SEND: recorded, not sent",
+            rule="flask.suppress_send",
+            action="record",
         )
-
-    sender = check(prepared.envelope_from)
-    outcomes = []
-    for recipient in prepared.recipients:
-        checked = check(recipient)
-        if not sender.ok:
-            outcome = RecipientOutcome(
-                recipient=recipient,
-                state="invalid",
-                reason="sender_rejected",
-                text=f"envelope sender {prepared.envelope_from!r} refused: {sender.error}",
-                rule="prevalidation.sender",
-                action="bounce",
-            )
-        elif not checked.ok:
-            outcome = RecipientOutcome(
-                recipient=recipient,
-                state="invalid",
-                reason="mailbox_name_invalid",
-                text=checked.error or "invalid address",
-                rule=f"prevalidation.{mode}",
-                action="bounce",
-            )
-        else:
-            outcome = RecipientOutcome(
-                recipient=recipient,
-                state="delivered",
-                reason="delivered",
-                text="MAIL_SUPPRESS_SEND: recorded, not sent",
-                rule="flask.suppress_send",
-                action="record",
-            )
-        outcomes.append(outcome)
     return DeliveryReport(
         message_id=prepared.message_id,
         envelope_from=prepared.envelope_from,
         relay="suppressed",
         policy=settings.policy.name,
-        outcomes=tuple(outcomes),
+        outcomes=tuple(outcomes[r] for r in prepared.recipients),
     )
 
 
