@@ -1,0 +1,57 @@
+"""The events reach the standard library's logging with the configuration docs/events.md
+shows."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from email.message import EmailMessage
+
+import pytest
+import structlog
+
+from mailpolicy._relaystate import RelayRegistry
+from mailpolicy._sender import Sender
+from mailpolicy.testing import SMTPTestServer
+
+
+@pytest.fixture
+def stdlib_structlog() -> Iterator[None]:
+    structlog.configure(
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    yield
+    structlog.reset_defaults()
+
+
+def test_delivery_events_reach_a_logging_handler(
+    stdlib_structlog: None, smtp_server: SMTPTestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 User unknown")
+    m = EmailMessage()
+    m["From"] = "app@example.com"
+    m["To"] = "ann@example.org, bob@example.org"
+    m.set_content("hi\n")
+    with (
+        caplog.at_level(logging.INFO, logger="mailpolicy"),
+        Sender(
+            smtp_server.host, smtp_server.port, security="none", relays=RelayRegistry()
+        ) as sender,
+    ):
+        sender.send(m)
+    records = [r for r in caplog.records if r.name == "mailpolicy"]
+    events = [json.loads(r.getMessage()) for r in records]
+    assert [(e["event"], e["state"]) for e in events] == [
+        ("mail.delivery", "delivered"),
+        ("mail.delivery", "bounced"),
+    ]
+    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING]
+    assert events[1]["recipient"] == "b***@example.org"
