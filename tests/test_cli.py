@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,50 @@ def test_usage_errors_exit_nonzero_without_traceback(args: tuple[str, ...]) -> N
 def test_help_and_version() -> None:
     assert b"classify" in run("--help").stdout
     assert run("--version").stdout.startswith(b"mailpolicy ")
+
+
+def test_policy_check_ok_and_broken_files(tmp_path: Any) -> None:
+    """exit 0 for good files; exit 1 with 'file: key.path: problem' on stderr, no
+    traceback, for a broken one."""
+    from pathlib import Path
+
+    shipped = Path(__file__).parents[1] / "policies" / "default.toml"
+    ok = run("policy", "check", str(shipped))
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('schema = 1\nname = "bad"\ndescription = "x"\n[inline]\ndeadline = 15\n')
+    p = run("policy", "check", str(shipped), str(bad))
+    assert p.returncode == 1
+    assert b"bad.toml: inline.deadline:" in p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+def test_policy_explain_table_and_json() -> None:
+    table = run("policy", "explain", "default", "--reply", "421 4.7.0 Too many connections")
+    assert table.returncode == 0, table.stderr
+    assert b"retry" in table.stdout
+    js = run("policy", "explain", "default", "--reply", "550 5.1.1 User unknown", "--stage",
+             "rcpt", "--json")  # fmt: skip
+    data = json.loads(js.stdout)
+    assert data["decision"]["action"] == "suppress"
+    assert data["reason"] == "mailbox_unknown"
+
+
+def test_send_reports_each_recipient(smtp_server: Any) -> None:
+    """mailpolicy send: exit 0 when all delivered, 2 when one was not."""
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 User unknown")
+    p = run("send", "--host", smtp_server.host, "--port", str(smtp_server.port),
+            "--security", "none", "--from", "app@example.com", "--to", "ann@example.org",
+            "bob@example.org", "--json")  # fmt: skip
+    assert p.returncode == 2, p.stderr
+    report = json.loads(p.stdout)
+    assert [o["state"] for o in report["outcomes"]] == ["delivered", "bounced"]
+
+
+def test_demo_runs() -> None:
+    p = run("demo")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    for needle in ("greylisted", "mailbox_unknown", "mailbox_full", "invalid", "ambiguous",
+                   "mail.delivery"):  # fmt: skip
+        assert needle in out

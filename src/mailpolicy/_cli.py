@@ -471,8 +471,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_events() -> None:
+    """The CLI's stdout carries results (tables, JSON); events go to stderr, info and up,
+    unless the embedding program configured structlog itself."""
+    import logging  # noqa: PLC0415
+
+    import structlog  # noqa: PLC0415
+
+    if not structlog.is_configured():
+        structlog.configure(
+            processors=[
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.dev.ConsoleRenderer(colors=False),
+            ],
+            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+            logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_events()
     try:
         code: int = args.handler(args, sys.stdout)
     except MailPolicyError as exc:
