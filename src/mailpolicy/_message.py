@@ -109,19 +109,6 @@ def split_addresses(text: str) -> list[str]:
     return out
 
 
-def raw_header_values(message: Message, name: str) -> list[str]:
-    """Every value of header ``name`` as written, unfolded. For ``EmailMessage`` headers
-    set from Python the header object keeps its original text in its parse tree."""
-    values = []
-    for key, value in message.raw_items():
-        if key.lower() != name:
-            continue
-        tree = getattr(value, "_parse_tree", None)  # email.headerregistry.BaseHeader
-        text = str(tree) if tree is not None else str(value)
-        values.append(_FOLD.sub(" ", text))
-    return values
-
-
 def _check_headers(message: Message) -> None:
     for part in message.walk():
         for key, value in part.raw_items():
