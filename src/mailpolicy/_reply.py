@@ -31,6 +31,9 @@ _CODE_CORE = re.compile(r"[2-5][0-9][0-9]")
 # After a quoted code: its enhanced status, if any.
 _STATUS_AFTER_CODE = re.compile(r"[ -]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
 _NOT_BEFORE_CODE: Final = frozenset("./=#@-_")
+_FAILURE_CODE = re.compile(r"[45][0-9][0-9]")
+#: Replies that are never a verdict on a message: the greeting and DATA's go-ahead.
+_NOT_A_VERDICT: Final = frozenset({220, 354})
 # Where relays put the remote reply in their diagnostics ("host x[1.2.3.4] said: 550 ...",
 # "Diagnostic-Code: smtp; 550 ..."): literal anchors found with str.find (fast), then
 # the separator and an optional "smtp;" skipped.
@@ -172,6 +175,15 @@ def _find_code(
     return None
 
 
+def _find_failure_code(text: str, start: int) -> tuple[int, str | None] | None:
+    """The first 4xx/5xx reply code quoted at or after ``start``, with its status."""
+    for m in _FAILURE_CODE.finditer(text, start):
+        found = _find_code(text, m.start(), anchored=True)
+        if found is not None:
+            return found
+    return None
+
+
 def parse_reply(
     reply: str | bytes | bytearray | memoryview, *, want_stage: bool = True
 ) -> ParsedReply:
@@ -193,6 +205,13 @@ def parse_reply(
         s = _LEADING_STATUS.match(text, m.end())
         if s is not None:
             status = _status(s, 1)
+        if code in _NOT_A_VERDICT:
+            # A greeting or "354 go ahead" is never a verdict on a message: in a relay's
+            # transcript ("354 End data with <CR><LF>.<CR><LF> 451 4.3.0 queue file write
+            # error", "220-laposte 421 4.2.1 Service refuse") the failure follows it.
+            later = _find_failure_code(lowered, m.end())
+            if later is not None:
+                code, status = later
     else:
         # Prose: find the quoted reply, preferring the place a relay says it put it.
         found = None
