@@ -200,16 +200,20 @@ def classify_parsed(
     candidates = ruleset.candidates(frozenset(words))
     if candidates:
         joined = " " + " ".join(words) + " "
-        for i in sorted(candidates):
-            r = ruleset.text_rules[i]
-            if firm_status and r.weak:
-                continue
-            if r.hosts and host_unknown:
-                host, host_unknown = parsed.host_hint() or "", False
-            if r.applies(code_s, status_s, stage, host) and any(
-                p.found_in(joined) for p in candidates[i]
-            ):
-                rule = r
+        text_rules = ruleset.text_rules
+        examined, applies = -1, False  # the rule last examined, and whether it applies
+        for i, phrase in candidates:
+            if i != examined:
+                examined = i
+                r = text_rules[i]
+                if firm_status and r.weak:
+                    applies = False
+                    continue
+                if r.hosts and host_unknown:
+                    host, host_unknown = parsed.host_hint() or "", False
+                applies = r.applies(code_s, status_s, stage, host)
+            if applies and phrase.found_in(joined):
+                rule = text_rules[i]
                 break
     if rule is None:
         rule = status_rule

@@ -91,9 +91,10 @@ _UNIT_SECONDS: Final[dict[str, int]] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParsedReply:
-    """What a reply says, before any judgement.
+    """What a reply says, before any judgement (internal; read-only by convention: not
+    frozen because a frozen dataclass's ``__init__`` costs a tenth of a verdict).
 
     ``code`` is the basic reply code (None when the text holds none), ``status`` the
     RFC 3463 enhanced code as written (never invented), ``text`` the (truncated) input

@@ -33,12 +33,19 @@ from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
 GAP: Final = 60
 
 _WORD = re.compile(r"\w+")
+# For ASCII text (nearly every reply) the same split is one C-level byte translation
+# (every non-word byte to a space) and str.split: about 2.5x faster than the regex.
+_NON_WORD_TO_SPACE: Final = bytes(
+    c if chr(c).isascii() and (chr(c).isalnum() or c == ord("_")) else ord(" ") for c in range(256)
+)
 
 Matcher = Callable[[str], bool]
 
 
 def words_of(lowered: str) -> list[str]:
-    """The words of a lower-cased text, as rules see them."""
+    """The words (``\\w+`` runs) of a lower-cased text, as rules see them."""
+    if lowered.isascii():
+        return lowered.encode("ascii").translate(_NON_WORD_TO_SPACE).decode("ascii").split()
     return _WORD.findall(lowered)
 
 
@@ -257,19 +264,23 @@ class RuleSet:
     code_table: Mapping[str, tuple[Rule, ...]]  # "552", "5xx"
     needs_host: bool  # some rule keys on the MX host
 
-    def candidates(self, words: frozenset[str]) -> dict[int, list[Phrase]]:
+    def candidates(self, words: frozenset[str]) -> list[tuple[int, Phrase]]:
         """The phrases worth looking for in a text with these words (all their words
-        occur), grouped by the index of their rule."""
-        hits: dict[int, list[Phrase]] = {}
+        occur), with the index of their rule, in rule order."""
+        hits: list[tuple[int, Phrase]] = []
         triggers = self.triggers
         for w in self.trigger_words.intersection(words):
-            for i, phrase in triggers[w]:
-                if phrase.words <= words:
-                    if i in hits:
-                        hits[i].append(phrase)
-                    else:
-                        hits[i] = [phrase]
+            # A plain loop: a generator per trigger word costs more than the appends.
+            for pair in triggers[w]:
+                if pair[1].words <= words:
+                    hits.append(pair)  # noqa: PERF401
+        if len(hits) > 1:
+            hits.sort(key=_rule_index)
         return hits
+
+
+def _rule_index(pair: tuple[int, Phrase]) -> int:
+    return pair[0]
 
 
 def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
