@@ -346,6 +346,13 @@ def test_first_line_code_governs_kind(code: int, sep: str, rest: str, stage: Sta
     reply = f"{code}{sep}{rest}" if sep else str(code)
     v = classify(reply, stage=stage)
     assert_well_formed(v, reply, stage)
+    if code in (220, 354) and v.code != code:
+        # A greeting or DATA's go-ahead is never a verdict: a failure reply quoted after
+        # it decides (test_failure_after_greeting_or_354_decides).
+        assert v.code is not None, v
+        assert 400 <= v.code < 600, v
+        assert str(v.code) in rest, v
+        return
     if code < 300:
         assert v.kind == "success", v
     elif code < 400:
@@ -357,6 +364,26 @@ def test_first_line_code_governs_kind(code: int, sep: str, rest: str, stage: Sta
         expected = "transient" if v.reason == "too_many_recipients" else "permanent"
         assert v.kind == expected, v
     assert v.code == code, v
+
+
+@PROPERTY
+@given(
+    first=st.sampled_from(
+        ["220-laposte", "220 mx.example.org ESMTP", "354 End data with <CR><LF>.<CR><LF>", "354"]
+    ),
+    sep=st.sampled_from([" ", "\r\n", "\n"]),
+    code=st.integers(400, 599),
+    rest=REPLY_TEXTS,
+)
+def test_failure_after_greeting_or_354_decides(first: str, sep: str, code: int, rest: str) -> None:
+    """A relay's transcript "354 End data ... 451 4.3.0 queue file write error" or a
+    greeting cut short "220-laposte 421 4.2.1 Service refused" is the failure's reply."""
+    reply = f"{first}{sep}{code} {rest}"
+    v = classify(reply)
+    assert v.code == code, v
+    assert v.kind == (
+        "transient" if code < 500 or v.reason == "too_many_recipients" else "permanent"
+    ), v
 
 
 DEAD_ADDRESS_REPLIES = st.builds(
