@@ -172,6 +172,10 @@ ROWS: list[Row] = [
     ("host mx.example.org[192.0.2.4] said: 550 5.1.1 <a@example.org>: Recipient address rejected: User unknown (in reply to RCPT TO command)", None, 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
     ("host mx.example.org[192.0.2.4] said: 550 5.7.1 Sender blocked (in reply to MAIL FROM command)", None, 550, "5.7.1", "permanent", "policy_blocked", False, False),
     ("SMTP error from remote mail server after RCPT TO:<a@example.jp>: host mx.example.jp [192.0.2.153]: 550 5.2.1 <a@example.jp>... User Unknown", None, 550, "5.2.1", "permanent", "mailbox_unknown", False, True),
+    # qmail-remote names the failing step in its own words
+    ("192.0.2.153 failed after I sent the message. Remote host said: 550 5.1.1 <a@example.jp>... User unknown", None, 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
+    ("192.0.2.153 failed after I sent the message. Remote host said: 550 <a@example.jp>... User unknown", None, 550, None, "permanent", "policy_blocked", False, False),
+    ("Connected to 192.0.2.225 but sender was rejected. Remote host said: 550 5.1.1 <root@example.jp>... User unknown", None, 550, "5.1.1", "permanent", "sender_rejected", False, False),
     # --- the recipient's own filter refused us: alive, never suppressed, whatever the status
     ("550 5.1.1 RCP-P2 http://postmaster.facebook.com/response_codes?ip=192.0.2.135#rcp Refused due to recipient preferences", None, 550, "5.1.1", "permanent", "policy_blocked", False, False),
     ("554 5.7.1 <kijitora@example.com>: Recipient is only accepting mail from specific email addresses", "rcpt", 554, "5.7.1", "permanent", "policy_blocked", False, False),

@@ -58,6 +58,12 @@ _STAGE_ANCHORS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ("all rcpt commands were rejected", re.compile(r"")),
     ("no valid recipients", re.compile(r"")),
     ("smtp:", re.compile(r"(rcpt|mail) host")),
+    # qmail-remote's own words for where the session failed (qmail-remote.c).
+    ("failed after i sent the message", re.compile(r"")),
+    ("but sender was rejected", re.compile(r"")),
+    ("but greeting failed", re.compile(r"")),
+    ("but my name was rejected", re.compile(r"")),
+    ("wasn't able to establish an smtp connection", re.compile(r"")),
 )  # fmt: skip
 _STAGE_WORDS: Final[dict[str, Stage]] = {
     "rcpt to": "rcpt",
@@ -65,6 +71,11 @@ _STAGE_WORDS: Final[dict[str, Stage]] = {
     "does not like recipient": "rcpt",
     "all rcpt commands were rejected": "rcpt",
     "no valid recipients": "rcpt",
+    "failed after i sent the message": "end_of_data",
+    "but sender was rejected": "mail",
+    "but greeting failed": "greeting",
+    "but my name was rejected": "ehlo",
+    "wasn't able to establish an smtp connection": "connect",
     "mail from": "mail",
     "mail": "mail",
     "end of data": "end_of_data",
