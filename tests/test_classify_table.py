@@ -215,6 +215,13 @@ ROWS: list[Row] = [
     ("Unable to deliver message to <kijitora@neko.example.jp> (and other recipients in the same domain). Please check if address is correct.", None, None, None, "permanent", "mailbox_unknown", False, True),
     ("host mx3.qq.com[103.7.30.40] said: 550 Ip frequency limited [Blocked IP 192.0.2.22]. http://service.mail.qq.com/cgi-bin/help?subtype=1&&id=20022&&no=1000725 (in reply to end of DATA command)", None, 550, None, "permanent", "rate_limited", True, False),
     ("host mx3.qq.com[103.7.30.40] said: 550 DMARC check failed. http://service.mail.qq.com/cgi-bin/help?subtype=1&&no=1001508&&id=16. (in reply to end of DATA command)", None, 550, None, "permanent", "policy_blocked", False, False),
+    ("host smtpz4.laposte.net[194.117.213.1] said: 550 5.5.0 Le compte du destinataire est bloque. The recipient account is blocked. LPN007_426 (in reply to RCPT TO command)", None, 550, "5.5.0", "permanent", "mailbox_disabled", False, True),
+    ("Your message to: kijitora@example.org was blocked by our Spam Firewall. The email you sent with the following subject has NOT BEEN DELIVERED: Subject: Nyaan 550 5.7.1 Message content rejected, UBE, id=00000-22-225", None, 550, "5.7.1", "permanent", "content_rejected", False, False),
+    ("550 5.7.1 You are not a member of this mailing list <list@example.org>.", None, 550, "5.7.1", "permanent", "sender_rejected", False, False),
+    # Postfix's "refused to talk to me" is the greeting; the 220 that starts it is not the verdict
+    ("host smtpz4.laposte.net[194.117.213.1] refused to talk to me: 220-laposte 421 4.2.1 Service refused, please try later. LPN006_107", None, 421, "4.2.1", "transient", "policy_blocked", True, False),
+    # words match across punctuation, so "limit exceeded. For ..." must not read as a rate limit
+    ("Mail size limit exceeded. For explanation visit http://postmaster.1and1.com/en/error-messages", None, None, None, "permanent", "message_too_large", False, False),
     # --- non-ASCII and garbage
     ("550 5.1.1 Адресат не найден: пользователь не существует".encode(), "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
     (b"550 5.1.1 \xff\xfe\xfd user unknown", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),

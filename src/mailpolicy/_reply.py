@@ -58,6 +58,8 @@ _STAGE_ANCHORS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ("all rcpt commands were rejected", re.compile(r"")),
     ("no valid recipients", re.compile(r"")),
     ("smtp:", re.compile(r"(rcpt|mail) host")),
+    # Postfix's smtp client when the greeting is not 2xx (smtp_helo.c).
+    ("refused to talk to me", re.compile(r"")),
     # qmail-remote's own words for where the session failed (qmail-remote.c).
     ("failed after i sent the message", re.compile(r"")),
     ("but sender was rejected", re.compile(r"")),
@@ -71,6 +73,7 @@ _STAGE_WORDS: Final[dict[str, Stage]] = {
     "does not like recipient": "rcpt",
     "all rcpt commands were rejected": "rcpt",
     "no valid recipients": "rcpt",
+    "refused to talk to me": "greeting",
     "failed after i sent the message": "end_of_data",
     "but sender was rejected": "mail",
     "but greeting failed": "greeting",
@@ -170,9 +173,10 @@ def _find_status(text: str) -> str | None:
 
 def _find_code(
     text: str, start: int = 0, *, anchored: bool = False
-) -> tuple[int, str | None] | None:
+) -> tuple[int, str | None, int] | None:
     """The first reply code quoted in prose at or after ``start`` (exactly at ``start``
-    when ``anchored``), with the enhanced status that follows it, if any."""
+    when ``anchored``), with the enhanced status that follows it, if any, and where the
+    code ends."""
     for m in _CODE_CORE.finditer(text, start):
         begin, end = m.span()
         if anchored and begin != start:
@@ -183,11 +187,11 @@ def _find_code(
         if not (rest == "" or rest[0] in " -,;" or rest in {": ", ":"}):
             continue
         s = _STATUS_AFTER_CODE.match(text, end + (1 if rest[:1] == ":" else 0))
-        return int(m.group()), (_status(s, 1) if s is not None else None)
+        return int(m.group()), (_status(s, 1) if s is not None else None), end
     return None
 
 
-def _find_failure_code(text: str, start: int) -> tuple[int, str | None] | None:
+def _find_failure_code(text: str, start: int) -> tuple[int, str | None, int] | None:
     """The first 4xx/5xx reply code quoted at or after ``start``, with its status."""
     for m in _FAILURE_CODE.finditer(text, start):
         found = _find_code(text, m.start(), anchored=True)
@@ -223,7 +227,7 @@ def parse_reply(
             # error", "220-laposte 421 4.2.1 Service refuse") the failure follows it.
             later = _find_failure_code(lowered, m.end())
             if later is not None:
-                code, status = later
+                code, status, _ = later
     else:
         # Prose: find the quoted reply, preferring the place a relay says it put it.
         found = None
@@ -241,7 +245,12 @@ def parse_reply(
         if found is None:
             found = _find_code(lowered)
         if found is not None:
-            code, status = found
+            code, status, end = found
+            if code in _NOT_A_VERDICT:
+                # "refused to talk to me: 220-laposte 421 4.2.1 Service refuse": as above.
+                later = _find_failure_code(lowered, end)
+                if later is not None:
+                    code, status, _ = later
     if status is None:
         status = _find_status(text)
 
