@@ -346,12 +346,14 @@ def test_first_line_code_governs_kind(code: int, sep: str, rest: str, stage: Sta
     reply = f"{code}{sep}{rest}" if sep else str(code)
     v = classify(reply, stage=stage)
     assert_well_formed(v, reply, stage)
-    if code in (220, 354) and v.code != code:
-        # A greeting or DATA's go-ahead is never a verdict: a failure reply quoted after
-        # it decides (test_failure_after_greeting_or_354_decides).
+    if v.code != code:
+        # Only a greeting or DATA's go-ahead yields, and only to an unmistakable failure
+        # reply after it: one that starts a line or carries an enhanced status
+        # (test_failure_after_greeting_or_354_decides).
+        assert code in (220, 354), v
         assert v.code is not None, v
         assert 400 <= v.code < 600, v
-        assert str(v.code) in rest, v
+        assert v.status is not None or f"\n{v.code}" in reply or f"\r{v.code}" in reply, v
         return
     if code < 300:
         assert v.kind == "success", v
@@ -377,13 +379,30 @@ def test_first_line_code_governs_kind(code: int, sep: str, rest: str, stage: Sta
 )
 def test_failure_after_greeting_or_354_decides(first: str, sep: str, code: int, rest: str) -> None:
     """A relay's transcript "354 End data ... 451 4.3.0 queue file write error" or a
-    greeting cut short "220-laposte 421 4.2.1 Service refused" is the failure's reply."""
-    reply = f"{first}{sep}{code} {rest}"
+    greeting cut short "220-laposte 421 4.2.1 Service refused" (on one line: the failure
+    carries an enhanced status; or on a line of its own) is the failure's reply."""
+    status = f"{code // 100}.7.1"
+    reply = f"{first}{sep}{code} {status} {rest}" if sep == " " else f"{first}{sep}{code} {rest}"
     v = classify(reply)
     assert v.code == code, v
     assert v.kind == (
         "transient" if code < 500 or v.reason == "too_many_recipients" else "permanent"
     ), v
+
+
+@pytest.mark.parametrize(
+    ("reply", "stage"),
+    [
+        ("220 mx.example.org ESMTP Postfix 2.0 ready 450 connections", "greeting"),
+        ("354 Send message, end with <CRLF>.<CRLF> (max 500 KB)", "data"),
+        ("220-Example Corp, 500 Main Street\r\n220 ready", "greeting"),
+        ("Remote host said: 354 go ahead; size 552 KB", None),
+    ],
+)
+def test_numbers_after_a_greeting_or_354_are_not_replies(reply: str, stage: Stage | None) -> None:
+    v = classify(reply, stage=stage)
+    assert v.kind == "success", v
+    assert v.code in (220, 354), v
 
 
 DEAD_ADDRESS_REPLIES = st.builds(

@@ -260,6 +260,36 @@ def test_real_reply(
     ), v.rule
 
 
+# Replies that resemble a dead address but are about something else: our own account,
+# our IP, a policy, the DATA command, our resolver. None of them may suppress (found in
+# review of the phrase additions; each once did).
+NOT_A_DEAD_ADDRESS: list[tuple[str, Stage | None]] = [
+    ("554 5.5.1 Error: no valid recipients", None),
+    ("host mx.example.org[192.0.2.4] said: 554 5.5.1 Error: no valid recipients (in reply to DATA command)", None),
+    ("[Errno -2] Name or service not known", None),
+    ("550 5.7.1 Mail from your domain to the recipient account is blocked by policy", "rcpt"),
+    ("550 5.7.1 Outbound sending for user@ourdomain.example has been suspended", None),
+    ("550 5.7.1 Delivery to this domain has been suspended by the administrator", "rcpt"),
+    ("550 5.7.1 no longer accepts mail from unauthenticated senders", "rcpt"),
+    ("530 5.7.0 inactive user", None),
+    ("535 5.7.8 Authenticated user not active", None),
+    ("Mailbox temporarily locked, please retry", None),
+    ("554 Transaction failed: recipient not ok for sender policy", "rcpt"),
+    ("550 5.7.1 Message rejected: user certificate was not found", "rcpt"),
+    ("550 5.7.1 Sender not in name directory", "rcpt"),
+    ("550 This mail server has been replaced by mx2.example.net, please update your MX", "rcpt"),
+    ("501 5.5.2 HELO domain must exist", None),
+    ("550 5.7.0 <shironeko@example.jp>... Please use the smtp server of your ISP.", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("reply", "stage"), NOT_A_DEAD_ADDRESS)
+def test_lookalikes_of_a_dead_address_do_not_suppress(reply: str, stage: Stage | None) -> None:
+    v = classify(reply, stage=stage)
+    assert not v.suppress, v
+    assert v.reason not in {"mailbox_unknown", "mailbox_disabled", "mailbox_moved"}, v
+
+
 def test_every_text_rule_decides_a_row() -> None:
     """Adding a provider quirk = a rule + a row: no rule of the shipped table is untested."""
     from mailpolicy._classify import RULES

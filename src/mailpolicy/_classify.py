@@ -113,6 +113,23 @@ _CLASS_KIND: Final[dict[str, Kind]] = {
 RULES: Final[RuleSet] = load_builtin_rules()
 
 
+#: The enhanced statuses that back a generic phrase for a dead address quoted at an
+#: unknown stage ("1.*" = any addressing status). A domain that does not resolve is not
+#: among them: no filter answers "host unknown", so its phrases stand on their own.
+_BACKING_STATUSES: Final[dict[str, frozenset[str]]] = {
+    "mailbox_unknown": frozenset({"1.*"}),
+    "mailbox_moved": frozenset({"1.*"}),
+    "mailbox_disabled": frozenset({"1.*", "2.*", "7.13"}),
+}
+
+
+def _backed(status: str | None, backing: frozenset[str]) -> bool:
+    if status is None:
+        return False
+    _, subject, detail = status.split(".")
+    return f"{subject}.*" in backing or f"{subject}.{detail}" in backing
+
+
 def _scope(reason: Reason, stage: Stage | None) -> Scope:
     if stage in SESSION_STAGES or reason in _RELAY_REASONS:
         return "relay"
@@ -258,12 +275,12 @@ def classify_parsed(
     # unknown" is a filter's answer (Japanese carriers; Sisimai's "filtered"): there a
     # generic phrase needs an addressing status (X.1.x) or a provider rule to back it.
     attributed = not (
-        reason == "mailbox_unknown"
+        reason in _BACKING_STATUSES
         and stage is None
         and code is not None
         and rule is not None
         and rule.weak
-        and (status is None or status.split(".")[1] != "1")
+        and not _backed(status, _BACKING_STATUSES[reason])
     )
     decision = default_policy().decide(
         kind=kind,

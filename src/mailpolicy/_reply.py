@@ -67,6 +67,9 @@ _STAGE_ANCHORS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ("but my name was rejected", re.compile(r"")),
     ("wasn't able to establish an smtp connection", re.compile(r"")),
 )  # fmt: skip
+#: Anchors that say every RCPT was refused: a transcript's statement about the reply
+#: before it, or the reply to DATA itself.
+_REFUSED_ALL_ANCHORS: Final = frozenset({"all rcpt commands were rejected", "no valid recipients"})
 _STAGE_WORDS: Final[dict[str, Stage]] = {
     "rcpt to": "rcpt",
     "rcpt": "rcpt",
@@ -192,12 +195,26 @@ def _find_code(
 
 
 def _find_failure_code(text: str, start: int) -> tuple[int, str | None, int] | None:
-    """The first 4xx/5xx reply code quoted at or after ``start``, with its status."""
+    """The first 4xx/5xx reply at or after ``start`` that is unmistakably one: a code
+    that starts a line, or one followed by an enhanced status ("ready 450 connections",
+    "(max 500 KB)" and "500 Main Street" are not replies)."""
     for m in _FAILURE_CODE.finditer(text, start):
-        found = _find_code(text, m.start(), anchored=True)
-        if found is not None:
+        begin = m.start()
+        found = _find_code(text, begin, anchored=True)
+        if found is not None and (found[1] is not None or text[begin - 1] in "\r\n"):
             return found
     return None
+
+
+def _count_codes(text: str, end: int) -> int:
+    """How many reply codes (0, 1 or "2 or more") are quoted before ``end``."""
+    n, pos = 0, 0
+    while n < 2:
+        found = _find_code(text[:end], pos)
+        if found is None:
+            break
+        n, pos = n + 1, found[2]
+    return n
 
 
 def parse_reply(
@@ -265,6 +282,11 @@ def parse_reply(
             if h is not None:
                 best = pos
                 stage = _STAGE_WORDS[h.group(1) if h.groups() else anchor]
+                if anchor in _REFUSED_ALL_ANCHORS and _count_codes(lowered, pos) == 1:
+                    # "554 5.5.1 Error: no valid recipients" is itself the reply to DATA;
+                    # after an earlier reply in a transcript ("550 User unknown 554 Error:
+                    # no valid recipients") it says that reply answered RCPT.
+                    stage = "data"
 
     return ParsedReply(
         code=code,
