@@ -43,36 +43,10 @@ _SAID_ANCHORS: Final = (
 )  # fmt: skip
 _SEPARATOR = re.compile(r"[:;]")
 _AFTER_ANCHOR = re.compile(r"[ \t]*[:;][ \t]*['\"]?(?:smtp[ \t]*;[ \t]*)?")
-# Where the text names the command a reply answered: Postfix "(in reply to RCPT TO
-# command)", Exim "after RCPT TO:<x>", transcripts (">>> RCPT TO"), qmail, Sendmail.
-# Each literal anchor is looked up with str.find and its pattern matched right there.
-_STAGE_ANCHORS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
-    ("in reply to ", re.compile(
-        r"(rcpt to|mail from|end of data|data|ehlo|helo|starttls|auth|quit)\b")),
-    ("after ", re.compile(
-        r"(?:pipelined )?"
-        r"(rcpt to|mail from|end of data|data|initial connection|ehlo|helo|starttls)\b")),
-    (">>> ", re.compile(r"(rcpt to|mail from|data)\b")),
-    ("did not like our ", re.compile(r"(rcpt to|mail from)")),
-    ("does not like recipient", re.compile(r"")),
-    ("all rcpt commands were rejected", re.compile(r"")),
-    ("no valid recipients", re.compile(r"")),
-    ("smtp:", re.compile(r"(rcpt|mail) host")),
-    # Postfix's smtp client when the greeting is not 2xx (smtp_helo.c).
-    ("refused to talk to me", re.compile(r"")),
-    # qmail-remote's own words for where the session failed (qmail-remote.c).
-    ("failed after i sent the message", re.compile(r"")),
-    ("but sender was rejected", re.compile(r"")),
-    ("but greeting failed", re.compile(r"")),
-    ("but my name was rejected", re.compile(r"")),
-    ("wasn't able to establish an smtp connection", re.compile(r"")),
-)  # fmt: skip
-#: Anchors that say every RCPT was refused: a transcript's statement about the reply
-#: before it, or the reply to DATA itself.
-_REFUSED_ALL_ANCHORS: Final = frozenset({"all rcpt commands were rejected", "no valid recipients"})
-_STAGE_WORDS: Final[dict[str, Stage]] = {
-    "rcpt to": "rcpt",
-    "rcpt": "rcpt",
+# Phrases that name the step by themselves: qmail-remote's own words (qmail-remote.c),
+# Postfix's "refused to talk to me" when the greeting is not 2xx (smtp_helo.c), and
+# statements that every RCPT was refused.
+_PHRASE_STAGES: Final[dict[str, Stage]] = {
     "does not like recipient": "rcpt",
     "all rcpt commands were rejected": "rcpt",
     "no valid recipients": "rcpt",
@@ -82,6 +56,29 @@ _STAGE_WORDS: Final[dict[str, Stage]] = {
     "but greeting failed": "greeting",
     "but my name was rejected": "ehlo",
     "wasn't able to establish an smtp connection": "connect",
+}
+# Where the text names the command a reply answered: Postfix "(in reply to RCPT TO
+# command)", Exim "after RCPT TO:<x>", transcripts (">>> RCPT TO"), qmail, Sendmail,
+# then the phrases above. Each literal anchor is looked up with str.find and its pattern
+# (empty for the phrases) matched right there.
+_NOTHING_MORE = re.compile(r"")
+_STAGE_ANCHORS: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
+    ("in reply to ", re.compile(
+        r"(rcpt to|mail from|end of data|data|ehlo|helo|starttls|auth|quit)\b")),
+    ("after ", re.compile(
+        r"(?:pipelined )?"
+        r"(rcpt to|mail from|end of data|data|initial connection|ehlo|helo|starttls)\b")),
+    (">>> ", re.compile(r"(rcpt to|mail from|data)\b")),
+    ("did not like our ", re.compile(r"(rcpt to|mail from)")),
+    ("smtp:", re.compile(r"(rcpt|mail) host")),
+    *((phrase, _NOTHING_MORE) for phrase in _PHRASE_STAGES),
+)  # fmt: skip
+#: Anchors that say every RCPT was refused: a transcript's statement about the reply
+#: before it, or the reply to DATA itself.
+_REFUSED_ALL_ANCHORS: Final = frozenset({"all rcpt commands were rejected", "no valid recipients"})
+_STAGE_WORDS: Final[dict[str, Stage]] = {
+    "rcpt to": "rcpt",
+    "rcpt": "rcpt",
     "mail from": "mail",
     "mail": "mail",
     "end of data": "end_of_data",
@@ -92,6 +89,7 @@ _STAGE_WORDS: Final[dict[str, Stage]] = {
     "starttls": "starttls",
     "auth": "auth",
     "quit": "quit",
+    **_PHRASE_STAGES,
 }
 # Postfix "host mx.example.org[192.0.2.4] said", Exim "host mx.example.org [192.0.2.4]:".
 _HOST_HINT = re.compile(r"\bhost ([a-z0-9][a-z0-9.-]{0,252}) ?\[")
