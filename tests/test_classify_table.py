@@ -222,6 +222,12 @@ ROWS: list[Row] = [
     ("host smtpz4.laposte.net[194.117.213.1] refused to talk to me: 220-laposte 421 4.2.1 Service refused, please try later. LPN006_107", None, 421, "4.2.1", "transient", "policy_blocked", True, False),
     # words match across punctuation, so "limit exceeded. For ..." must not read as a rate limit
     ("Mail size limit exceeded. For explanation visit http://postmaster.1and1.com/en/error-messages", None, None, None, "permanent", "message_too_large", False, False),
+    # rules added after an audit for false suppressions
+    ("Host or domain name not found. Name service error for name=radix.net type=MX: Host not found, try again", None, None, None, "transient", "network_error", True, False),
+    ("550 5.7.1 Your account has been suspended", "end_of_data", 550, "5.7.1", "permanent", "policy_blocked", False, False),
+    ("521 5.2.1 :  AOL will not accept delivery of this message.", "rcpt", 521, "5.2.1", "permanent", "policy_blocked", False, False),
+    ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "rcpt", 571, "5.1.1", "permanent", "policy_blocked", False, False),
+    ("host mx.example.net [192.0.2.222] SMTP error from remote mail server after end of data: 553 neko.example.com does not exist", None, 553, None, "permanent", "mailbox_unknown", False, True),
     # --- non-ASCII and garbage
     ("550 5.1.1 Адресат не найден: пользователь не существует".encode(), "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
     (b"550 5.1.1 \xff\xfe\xfd user unknown", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
@@ -280,6 +286,25 @@ NOT_A_DEAD_ADDRESS: list[tuple[str, Stage | None]] = [
     ("550 This mail server has been replaced by mx2.example.net, please update your MX", "rcpt"),
     ("501 5.5.2 HELO domain must exist", None),
     ("550 5.7.0 <shironeko@example.jp>... Please use the smtp server of your ISP.", None),
+    # from an audit of the whole table (qmail, Postfix, AOL, chkuser, GMX, Zoho, Yahoo)
+    ("553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)", "rcpt"),
+    ("554 5.7.1 <all@example.org>: Recipient address rejected: Access denied", "rcpt"),
+    ("Host or domain name not found. Name service error for name=radix.net type=MX: Host not found, try again", None),
+    ("550 5.7.1 We do not accept mail from dynamic IPs", "rcpt"),
+    ("521 5.2.1 :  AOL will not accept delivery of this message.", "rcpt"),
+    ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "rcpt"),
+    ("Diagnostic-Code: smtp; 554-gmx.net (mxgmx008) Nemesis ESMTP Service not available 554-No SMTP service 554-IP address is block listed.", None),
+    ("Diagnostic-Code: smtp; 553 Relaying disallowed", None),
+    ("SMTPSendFailedException: 553 From address not verified - see http://help.yahoo.com/l/us/yahoo/mail/original/manage/sendfrom-07.html", None),
+    ("550 5.7.1 Mail from this domain is not accepted", "rcpt"),
+    ("554 5.7.1 From: header domain does not match the authenticated domain", "end_of_data"),
+    ("192.0.2.153 failed after I sent the message. Remote host said: 550 <a@example.jp>... User not found", None),
+    ("535 5.7.8 Authentication failed: user not found", None),
+    ("550 <a@example.org>: Recipient address rejected: Please send from a server with a valid PTR", "rcpt"),
+    ("550 5.7.1 Your account has been suspended", "rcpt"),
+    ("550 5.7.1 Recipient is not allowed to receive mail from external senders", "rcpt"),
+    ("550 5.6.0 Reply-To address does not exist", "end_of_data"),
+    ("551 not local host example.com, not a gateway", "rcpt"),
 ]  # fmt: skip
 
 
@@ -287,7 +312,13 @@ NOT_A_DEAD_ADDRESS: list[tuple[str, Stage | None]] = [
 def test_lookalikes_of_a_dead_address_do_not_suppress(reply: str, stage: Stage | None) -> None:
     v = classify(reply, stage=stage)
     assert not v.suppress, v
-    assert v.reason not in {"mailbox_unknown", "mailbox_disabled", "mailbox_moved"}, v
+    assert v.reason not in {
+        "mailbox_unknown",
+        "mailbox_disabled",
+        "mailbox_moved",
+        "domain_not_found",
+        "mailbox_name_invalid",
+    }, v
 
 
 def test_every_text_rule_decides_a_row() -> None:

@@ -142,6 +142,7 @@ _RULE_KEYS: Final = frozenset(
         "id",
         "reason",
         "text",
+        "text_from",
         "code",
         "status",
         "stage",
@@ -295,10 +296,25 @@ def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
         if not isinstance(items, list):
             raise PolicyError(where, table, "expected an array of tables")
         out = []
-        for i, item in enumerate(items):
+        texts: dict[object, object] = {}  # rule id -> its phrases, for text_from
+        for i, given in enumerate(items):
             path = f"{table}[{i}]"
-            if not isinstance(item, dict):
+            if not isinstance(given, dict):
                 raise PolicyError(where, path, "expected a table")
+            item = given
+            if "text_from" in given:
+                # The same phrases under other conditions, without a second copy.
+                if "text" in given:
+                    raise PolicyError(where, f"{path}.text_from", "give text or text_from")
+                source = given["text_from"]
+                if source not in texts:
+                    raise PolicyError(
+                        where, f"{path}.text_from", f"no earlier rule {source!r} with a text"
+                    )
+                item = {k: v for k, v in given.items() if k != "text_from"}
+                item["text"] = texts[source]
+            if "text" in item:
+                texts[item.get("id")] = item["text"]
             rule = compile_rule(item, where, path, table=table)
             if rule.id in seen:
                 raise PolicyError(where, f"{path}.id", f"duplicate rule id {rule.id!r}")
