@@ -228,6 +228,10 @@ ROWS: list[Row] = [
     ("521 5.2.1 :  AOL will not accept delivery of this message.", "rcpt", 521, "5.2.1", "permanent", "policy_blocked", False, False),
     ("571 sorry, you are violating our security policies (#5.1.1 - chkuser)", "rcpt", 571, "5.1.1", "permanent", "policy_blocked", False, False),
     ("host mx.example.net [192.0.2.222] SMTP error from remote mail server after end of data: 553 neko.example.com does not exist", None, 553, None, "permanent", "mailbox_unknown", False, True),
+    # Outlook.com's unused address (S2017062302), and the plain wording from its MX only
+    ("550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302). [AM4PEPF00027A6C.eurprd04.prod.outlook.com]", "rcpt", 550, "5.5.0", "permanent", "mailbox_unknown", False, True),
+    ("host mx3.hotmail.com[65.54.188.110] said: 550 Requested action not taken: mailbox unavailable (in reply to RCPT TO command)", None, 550, None, "permanent", "mailbox_unknown", False, True),
+    ("550 Requested action not taken: mailbox unavailable", "rcpt", 550, None, "permanent", "unknown", False, False),
     # --- non-ASCII and garbage
     ("550 5.1.1 Адресат не найден: пользователь не существует".encode(), "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
     (b"550 5.1.1 \xff\xfe\xfd user unknown", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
@@ -374,6 +378,16 @@ def test_host_keys_provider_rules() -> None:
     assert classify(text, host="lsean.ezweb.ne.jp").reason == "policy_blocked"
     assert classify(text, host="mx.example.org").reason == "mailbox_unknown"
     assert classify(text, host="lsean.ezweb.ne.jp", stage="rcpt").suppress is True
+
+
+def test_outlook_consumer_mx_alone_makes_mailbox_unavailable_an_unknown_user() -> None:
+    """RFC 5321's "mailbox unavailable" text covers policy refusals too; only Outlook.com's
+    consumer MX uses it for an unused address. Business tenants' MX do not."""
+    text = "550 Requested action not taken: mailbox unavailable"
+    consumer = classify(text, stage="rcpt", host="outlook-com.olc.protection.outlook.com")
+    tenant = classify(text, stage="rcpt", host="contoso-com.mail.protection.outlook.com")
+    assert (consumer.reason, consumer.suppress) == ("mailbox_unknown", True)
+    assert (tenant.reason, tenant.suppress) == ("unknown", False)
 
 
 def test_scope() -> None:
