@@ -405,6 +405,19 @@ def test_numbers_after_a_greeting_or_354_are_not_replies(reply: str, stage: Stag
     assert v.code in (220, 354), v
 
 
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        ("ready for 2001:db8::450", None),
+        ("client 2001:db8:0:0:0:0:0:250 rejected: 554 denied", 554),
+        ("mx.example.org did not like our RCPT TO:501 5.1.3 <a@example.org>: bad syntax", 501),
+        ("Error code:550 user unknown", 550),
+    ],
+)
+def test_an_ipv6_address_is_not_a_reply_code(reply: str, code: int | None) -> None:
+    assert classify(reply).code == code
+
+
 DEAD_ADDRESS_REPLIES = st.builds(
     lambda code, status, phrase, tail: f"{code} {status} {phrase}{tail}",
     st.sampled_from(["550", "551", "553", "554", "450", "452", "5", ""]),

@@ -32,6 +32,7 @@ _CODE_CORE = re.compile(r"[2-5][0-9][0-9]")
 _STATUS_AFTER_CODE = re.compile(r"[ -]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
 _NOT_BEFORE_CODE: Final = frozenset("./=#@-_")
 _FAILURE_CODE = re.compile(r"[45][0-9][0-9]")
+_IPV6_CHARS: Final = frozenset("0123456789abcdefABCDEF:.")
 #: Replies that are never a verdict on a message: the greeting and DATA's go-ahead.
 _NOT_A_VERDICT: Final = frozenset({220, 354})
 # Where relays put the remote reply in their diagnostics ("host x[1.2.3.4] said: 550 ...",
@@ -184,12 +185,23 @@ def _find_code(
             return None
         if begin and (text[begin - 1].isalnum() or text[begin - 1] in _NOT_BEFORE_CODE):
             continue
+        if begin and text[begin - 1] == ":" and _in_ipv6_literal(text, begin):
+            continue
         rest = text[end : end + 2]
         if not (rest == "" or rest[0] in " -,;" or rest in {": ", ":"}):
             continue
         s = _STATUS_AFTER_CODE.match(text, end + (1 if rest[:1] == ":" else 0))
         return int(m.group()), (_status(s, 1) if s is not None else None), end
     return None
+
+
+def _in_ipv6_literal(text: str, begin: int) -> bool:
+    """Whether the digits at ``begin`` end an IPv6 address ("2001:db8::450"), not a code
+    quoted after a colon ("RCPT TO:501 5.1.3")."""
+    start = begin
+    while start > max(0, begin - 40) and text[start - 1] in _IPV6_CHARS:
+        start -= 1
+    return text.count(":", start, begin) >= 2
 
 
 def _find_failure_code(text: str, start: int) -> tuple[int, str | None, int] | None:
