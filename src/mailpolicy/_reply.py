@@ -218,9 +218,10 @@ def _find_failure_code(text: str, start: int) -> tuple[int, str | None, int] | N
 
 def _count_codes(text: str, end: int) -> int:
     """How many reply codes (0, 1 or "2 or more") are quoted before ``end``."""
+    before = text[:end]
     n, pos = 0, 0
     while n < 2:
-        found = _find_code(text[:end], pos)
+        found = _find_code(before, pos)
         if found is None:
             break
         n, pos = n + 1, found[2]
@@ -238,23 +239,17 @@ def parse_reply(
     lowered = text.lower()
     code: int | None = None
     status: str | None = None
+    code_end = 0  # where the code just found ends
 
     m = _LINE_CODE.match(text)
     if m is not None:
         # An SMTP reply as sent: every line carries the code; RFC 2034 puts the enhanced
         # status at the start of each line's text. The first line is the server's own
         # (later ones may be a relay's transcript of follow-on commands such as 503).
-        code = int(m.group(1))
-        s = _LEADING_STATUS.match(text, m.end())
+        code, code_end = int(m.group(1)), m.end()
+        s = _LEADING_STATUS.match(text, code_end)
         if s is not None:
             status = _status(s, 1)
-        if code in _NOT_A_VERDICT:
-            # A greeting or "354 go ahead" is never a verdict on a message: in a relay's
-            # transcript ("354 End data with <CR><LF>.<CR><LF> 451 4.3.0 queue file write
-            # error", "220-laposte 421 4.2.1 Service refuse") the failure follows it.
-            later = _find_failure_code(lowered, m.end())
-            if later is not None:
-                code, status, _ = later
     else:
         # Prose: find the quoted reply, preferring the place a relay says it put it.
         found = None
@@ -272,12 +267,15 @@ def parse_reply(
         if found is None:
             found = _find_code(lowered)
         if found is not None:
-            code, status, end = found
-            if code in _NOT_A_VERDICT:
-                # "refused to talk to me: 220-laposte 421 4.2.1 Service refuse": as above.
-                later = _find_failure_code(lowered, end)
-                if later is not None:
-                    code, status, _ = later
+            code, status, code_end = found
+    if code in _NOT_A_VERDICT:
+        # A greeting or "354 go ahead" is never a verdict on a message: in a relay's
+        # transcript ("354 End data with <CR><LF>.<CR><LF> 451 4.3.0 queue file write
+        # error", "refused to talk to me: 220-laposte 421 4.2.1 Service refuse") the
+        # failure follows it.
+        later = _find_failure_code(lowered, code_end)
+        if later is not None:
+            code, status, _ = later
     if status is None:
         status = _find_status(text)
 
