@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 from ._errors import InvalidInputError
-from ._policy import Policy
+from ._policy import Decision, Policy
 from ._policy_load import load_policy
 from ._reply import ParsedReply, parse_reply
 from ._rules import Rule, RuleSet, first_rule, load_builtin_rules, words_of
@@ -304,6 +304,23 @@ def classify_parsed(
         stage=stage,
         action=decision.action,
         attributed=attributed,
+    )
+
+
+def decide_on(
+    policy: Policy, verdict: Verdict, *, text: str, domain: str | None = None
+) -> Decision:
+    """What ``policy`` does about a verdict: every field the policy's rules may look at,
+    passed in one place (the sender, the DSN judge and ``policy explain`` use it)."""
+    return policy.decide(
+        kind=verdict.kind,
+        reason=verdict.reason,
+        code=verdict.code,
+        status=verdict.status,
+        stage=verdict.stage,
+        text=text,
+        domain=domain,
+        attributed=verdict.attributed,
     )
 
 

@@ -33,7 +33,7 @@ from email.message import Message
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
 from . import _events as events
-from ._classify import Verdict, classify_parsed, default_policy
+from ._classify import Verdict, classify_parsed, decide_on, default_policy
 from ._errors import InvalidInputError, MailPolicyError
 from ._policy import Decision, Policy
 from ._reply import MAX_SCAN, ParsedReply, parse_reply
@@ -761,15 +761,11 @@ def judge_dsn(report: DeliveryStatusReport, *, policy: Policy | None = None) -> 
     verdicts: list[DsnVerdict] = []
     for recipient in report.recipients:
         verdict = classify_recipient(recipient)
-        decision = chosen.decide(
-            kind=verdict.kind,
-            reason=verdict.reason,
-            code=verdict.code,
-            status=verdict.status,
-            stage=verdict.stage,
+        decision = decide_on(
+            chosen,
+            verdict,
             text=recipient.diagnostic_code or "",
             domain=recipient.domain or None,
-            attributed=verdict.attributed,
         )
         verdicts.append(
             DsnVerdict(

@@ -74,19 +74,10 @@ def explain(
     """Classify ``reply`` (at ``stage``, for a recipient at ``domain``) and explain what
     ``policy`` does about it, attempt by attempt."""
     # Imported here: _classify will import the policy modules, not the other way round.
-    from ._classify import classify  # noqa: PLC0415
+    from ._classify import classify, decide_on  # noqa: PLC0415
 
     verdict = classify(reply, stage=stage)
-    decision = policy.decide(
-        kind=verdict.kind,
-        reason=verdict.reason,
-        code=verdict.code,
-        status=verdict.status,
-        stage=verdict.stage,
-        text=reply,
-        domain=domain,
-        attributed=verdict.attributed,
-    )
+    decision = decide_on(policy, verdict, text=reply, domain=domain)
     retry_after = float(verdict.retry_after) if verdict.retry_after is not None else None
     attempts, final = plan_attempts(policy, decision, retry_after=retry_after, domain=domain)
     return Explanation(

@@ -22,7 +22,7 @@ from typing import Final, Self
 
 from . import _events as events
 from ._address import CheckedAddress, check_address, check_address_cached
-from ._classify import Verdict
+from ._classify import Verdict, decide_on
 from ._errors import ConfigurationError
 from ._inline import AttemptInfo, InlineRetrier
 from ._message import PreparedMessage, prepare_message
@@ -631,15 +631,8 @@ class Sender:
         if verdict is None:  # pragma: no cover - every transaction result has a verdict
             return
         p.verdict, p.text, p.ambiguous = verdict, result.text, result.ambiguous
-        decision = self.policy.decide(
-            kind=verdict.kind,
-            reason=verdict.reason,
-            code=verdict.code,
-            status=verdict.status,
-            stage=verdict.stage,
-            text=result.text,
-            domain=p.wire.rpartition("@")[2],
-            attributed=verdict.attributed,
+        decision = decide_on(
+            self.policy, verdict, text=result.text, domain=p.wire.rpartition("@")[2]
         )
         if result.ambiguous and decision.inline:
             # DESIGN.md §1: an ambiguous failure is never retried inline, whatever the
