@@ -10,7 +10,9 @@ Intentional disagreements with Sisimai: docs/classification.md.
 
 from __future__ import annotations
 
-from corpus import Record, is_false_positive, judge, reason_map, records, score
+import pytest
+
+from corpus import Record, is_false_positive, judge, reason_map, records, score, wilson
 from mailpolicy import REASONS
 
 RECORDS = records()
@@ -80,3 +82,21 @@ def test_delivered_records_are_success() -> None:
     assert recs
     assert all(judge(r).kind == "success" for r in recs)
     assert not any(is_false_positive(r, judge(r)) for r in recs)
+
+
+@pytest.mark.parametrize(
+    ("hits", "n", "low", "high"),
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
+def test_wilson_interval_matches_newcombe(hits: int, n: int, low: float, high: float) -> None:
+    """The report's 95% intervals are Wilson's: the published values of Newcombe,
+    "Two-sided confidence intervals for the single proportion", Statistics in
+    Medicine 17 (1998), Table I, method 3."""
+    got_low, got_high = wilson(hits, n)
+    assert got_low == pytest.approx(low, abs=5e-5)
+    assert got_high == pytest.approx(high, abs=5e-5)
