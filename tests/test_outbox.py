@@ -367,3 +367,126 @@ def test_cli_worker_exits_nonzero_when_it_cannot_work(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "not a database" in done.stderr or "not-a-db" in done.stderr
+
+
+class _Hooked:
+    """A real store with a hook run before ``record_attempt``: the place where another
+    worker, or another connection, gets between a worker's delivery and its record."""
+
+    def __init__(self, store: Store, before_record: Callable[[], None]) -> None:
+        self._store = store
+        self._before_record = before_record
+
+    def record_attempt(self, *args: Any, **kwargs: Any) -> bool:
+        self._before_record()
+        return self._store.record_attempt(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _deferred(smtp_server: SMTPTestServer, store: Store, clock: FakeClock, *to: str) -> None:
+    relays = RelayRegistry()
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * len(to))
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        for address in to:
+            sender.send(message(address))
+    store.retry_now(now=clock.time())
+
+
+def test_a_batch_claim_is_renewed_before_each_delivery(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """A batch is leased at one instant but delivered one message after another. Each
+    delivery here takes 0.6 of the lease, so the third message's original lease has
+    expired while the second is being sent, and a second worker claims (and sends) it.
+    The first worker must then skip it, not send it a second time."""
+    _deferred(smtp_server, store, clock, "ann@example.org", "bob@example.org", "cy@example.org")
+    relays = RelayRegistry()
+    other = make_worker(smtp_server, store, clock, relays)
+    deliveries: list[int] = []
+    other_claims: list[int] = []
+
+    def a_delivery_takes_a_while() -> None:
+        clock.advance(0.6 * a.lease)
+        deliveries.append(1)
+        if len(deliveries) == 2:  # 1.2 leases after the batch was claimed
+            other_claims.append(other.run_once().claims)
+
+    a = Worker(
+        _Hooked(store, a_delivery_takes_a_while), smtp_server.host, smtp_server.port,
+        security="none", clock=clock.time, monotonic=clock.now, sleep=clock.sleep,
+        relays=relays,
+    )  # fmt: skip
+    stats = a.run_once()
+    assert other_claims == [1]  # only the third: the second's lease was renewed
+    assert (stats.claims, stats.leases_lost) == (2, 1)  # the third was skipped
+    rcpts = sorted(r for m in smtp_server.messages for r in m.rcpt_tos)
+    assert rcpts == ["ann@example.org", "bob@example.org", "cy@example.org"]  # once each
+    assert store.counts(now=clock.time())["delivered"] == 3
+
+
+def test_a_locked_database_does_not_lose_a_delivery(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """The server answered 250 after the final dot; another connection holds the write
+    lock past the busy timeout. The worker waits (on its injected sleep) and records the
+    delivery, instead of raising and leaving the message to be sent again."""
+    import sqlite3
+
+    import structlog
+
+    path = tmp_path / "locked.sqlite3"
+    store = open_store(f"sqlite:///{path}?timeout=0.05")
+    _deferred(smtp_server, store, clock, "ann@example.org", "bob@example.org")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    locked: list[bool] = []
+
+    def lock_once() -> None:
+        if not locked:
+            blocker.execute("BEGIN IMMEDIATE")
+            locked.append(True)
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if blocker.in_transaction:
+            blocker.execute("COMMIT")  # the other connection finishes while we wait
+
+    worker = Worker(
+        _Hooked(store, lock_once), smtp_server.host, smtp_server.port,
+        security="none", clock=clock.time, monotonic=clock.now, sleep=sleep,
+        relays=RelayRegistry(),
+    )  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        stats = worker.run_once()
+    blocker.close()
+    assert (stats.delivered, stats.leases_lost) == (2, 0)
+    assert len(smtp_server.messages) == 2
+    assert store.counts(now=clock.time())["delivered"] == 2
+    busy = [e for e in logs if e["event"] == "mail.worker.store_busy"]
+    assert len(busy) == 1, busy
+    assert "database is locked" in busy[0]["error"]
+    assert clock.sleeps == [1.0]  # tenacity's first exponential wait, on the fake clock
+    store.close()
+
+
+def test_the_relay_a_message_is_filed_under_ignores_the_host_names_case(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """Host names are case-insensitive (RFC 4343): mail saved through "LocalHost" is
+    claimed by a worker started for "localhost" (it waited forever before)."""
+    relays = RelayRegistry()
+    smtp_server.script.rcpt("450 4.2.0 Greylisted")
+    with Sender(
+        "LocalHost", smtp_server.port, security="none", store=store, clock=clock.time,
+        monotonic=clock.now, sleep=clock.sleep, relays=relays, local_hostname="client.test",
+    ) as sender:  # fmt: skip
+        o = sender.send(message("ann@example.org")).outcomes[0]
+        assert (o.state, o.code) == ("deferred", 450), o
+    store.retry_now(now=clock.time())
+    worker = Worker(
+        store, "localhost", smtp_server.port, security="none", clock=clock.time,
+        monotonic=clock.now, sleep=clock.sleep, relays=relays,
+    )  # fmt: skip
+    assert worker.run_once().delivered == 1
+    assert [r for m in smtp_server.messages for r in m.rcpt_tos] == ["ann@example.org"]

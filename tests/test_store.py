@@ -251,6 +251,25 @@ def test_an_expired_lease_is_claimable_again_and_a_final_state_sticks(
     ]
 
 
+def test_renew_extends_only_a_lease_still_held(store: SQLiteStore) -> None:
+    """A worker renews each claim of a batch just before sending it: the renewed lease
+    keeps other workers off; a lease that another worker took, or that was given back,
+    cannot be renewed."""
+    save(store, "ann@example.org")
+    [claim] = store.claim_due(now=T0 + 60, owner="w1", lease_seconds=30)
+    renewed = store.renew(claim, now=T0 + 80, lease_seconds=30)
+    assert renewed is not None
+    assert renewed.lease_until == T0 + 110
+    assert store.claim_due(now=T0 + 109, owner="w2", lease_seconds=30) == []  # still held
+    assert store.renew(claim, now=T0 + 85, lease_seconds=30) is None  # superseded claim
+    [taken] = store.claim_due(now=T0 + 110, owner="w2", lease_seconds=30)  # expired: w2
+    assert store.renew(renewed, now=T0 + 111, lease_seconds=30) is None
+    store.release(taken, now=T0 + 112)
+    assert store.renew(taken, now=T0 + 113, lease_seconds=30) is None  # given back
+    with pytest.raises(StoreError, match="lease_seconds must be > 0"):
+        store.renew(taken, now=T0 + 113, lease_seconds=0)
+
+
 def test_release_gives_the_lease_back_without_spending_an_attempt(store: SQLiteStore) -> None:
     """The relay's circuit is open: due messages wait, their attempts untouched."""
     save(store, "ann@example.org", relay="down:25")

@@ -29,7 +29,7 @@ from ._outcome import STATES, DeliveryReport, RecipientOutcome, State
 from ._policy import ACTIONS, Action, Decision, Policy
 from ._policy_load import load_policy
 from ._sender import Sender
-from ._store import Store, StoreError, open_store
+from ._store import Store, StoreBusyError, StoreError, open_store
 from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
 from ._worker import Worker, WorkerStats
 
@@ -67,6 +67,7 @@ __all__ = [
     "Stage",
     "State",
     "Store",
+    "StoreBusyError",
     "StoreError",
     "Verdict",
     "Worker",

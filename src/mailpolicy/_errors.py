@@ -15,7 +15,9 @@
     ├── DsnError (ValueError)            a bounce message that is not an RFC 3464 DSN
     │                                    (defined in _dsn)
     └── StoreError (RuntimeError)        the outbox store cannot be opened, read or
-                                         written (defined in _store)
+        │                                written (defined in _store)
+        └── StoreBusyError               another connection held the write lock past
+                                         the busy timeout; retrying may succeed
 
 Each names what was wrong and where (file, dotted key path).
 """

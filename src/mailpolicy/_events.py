@@ -113,3 +113,14 @@ def dsn(state: str, **fields: Any) -> None:
 def worker_policy_fallback(**fields: Any) -> None:
     """A stored message's policy no longer loads by name: the worker uses another."""
     _logger().warning("mail.worker.policy_fallback", **fields)
+
+
+def worker_lease_lost(**fields: Any) -> None:
+    """A claim's lease was taken over before the worker delivered it (``when=renewing``:
+    skipped) or recorded it (``when=recording``: another worker may send it too)."""
+    _logger().warning("mail.worker.lease_lost", **fields)
+
+
+def worker_store_busy(**fields: Any) -> None:
+    """Recording an attempt found the database locked; the worker waits and retries."""
+    _logger().warning("mail.worker.store_busy", **fields)

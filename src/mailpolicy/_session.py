@@ -21,6 +21,7 @@ from typing import Final, Literal, TypeVar
 
 from ._classify import Verdict, classify, classify_error, success_verdict
 from ._message import PreparedMessage
+from ._relaystate import relay_key
 from ._vocab import Stage
 
 Security = Literal["starttls", "ssl", "none"]
@@ -56,8 +57,11 @@ class ConnectionSettings:
 
     @property
     def relay(self) -> str:
-        """The ``host:port`` retry budgets and circuits are kept for."""
-        return f"{self.host}:{self.port}"
+        """The ``host:port`` retry budgets and circuits are kept for, and the outbox files
+        messages under: the host lower-cased, without a final dot (host names are
+        case-insensitive, RFC 4343), so a worker started with another spelling of the
+        host still claims them."""
+        return relay_key(self.host, self.port)
 
 
 class StageError(Exception):

@@ -30,6 +30,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, cast
@@ -47,6 +48,7 @@ from ._store import (
     Claim,
     NewRecipient,
     RecipientUpdate,
+    StoreBusyError,
     StoredMessage,
     StoredRecipient,
     StoreError,
@@ -326,6 +328,8 @@ class SQLiteStore:
             problem = f"not a database, or corrupt ({text}); nothing was changed"
         else:
             problem = text
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+            return StoreBusyError(f"{self._path}: {doing}: {problem}")
         return StoreError(f"{self._path}: {doing}: {problem}")
 
     def _configure(self, connection: sqlite3.Connection, synchronous: Synchronous) -> None:
@@ -581,6 +585,18 @@ class SQLiteStore:
             if journal:
                 db.executemany(_INSERT_ATTEMPT, journal)
             return self._release_lease(db, claim)
+
+    def renew(self, claim: Claim, *, now: float, lease_seconds: float) -> Claim | None:
+        if not lease_seconds > 0:
+            raise StoreError(f"{self._path}: lease_seconds must be > 0")
+        lease_until = now + lease_seconds
+        with self._transaction(f"renewing the lease of {claim.message.message_id}") as db:
+            cursor = db.execute(
+                "UPDATE messages SET lease_until = ? "
+                "WHERE key = ? AND lease_owner = ? AND lease_until = ?",
+                (lease_until, claim.message.key, claim.owner, claim.lease_until),
+            )
+        return replace(claim, lease_until=lease_until) if cursor.rowcount == 1 else None
 
     def release(self, claim: Claim, *, now: float, next_attempt_at: float | None = None) -> None:
         with self._transaction(f"releasing {claim.message.message_id}") as db:

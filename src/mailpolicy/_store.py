@@ -44,6 +44,12 @@ class StoreError(MailPolicyError, RuntimeError):
     The message names the store (its path or URL) and the cause; an operator acts on it."""
 
 
+class StoreBusyError(StoreError):
+    """Another connection held the database's write lock longer than the busy timeout.
+    Nothing was changed; the same call may succeed a moment later (the worker retries
+    recording an attempt rather than lose what the server answered)."""
+
+
 #: Recipient states that are still the outbox's business; every other state is final.
 PENDING_STATES: Final[frozenset[State]] = frozenset({"deferred", "held"})
 FINAL_STATES: Final[frozenset[State]] = frozenset({"delivered", "bounced", "suppressed", "invalid"})
@@ -297,6 +303,13 @@ class Store(Protocol):
         journal and release the lease, in one transaction. A final state (delivered,
         bounced, ...) is never changed again. Returns whether the lease was still the
         claim's (False: it expired and another worker may have the message too)."""
+        ...
+
+    def renew(self, claim: Claim, *, now: float, lease_seconds: float) -> Claim | None:
+        """Extend the claim's lease to ``now + lease_seconds`` if it is still the claim's
+        (no other worker took the message, nobody released it), and return the renewed
+        claim; None when the lease was lost. A worker renews each claim of a batch just
+        before sending it, so a lease always covers the delivery it protects."""
         ...
 
     def release(self, claim: Claim, *, now: float, next_attempt_at: float | None = None) -> None:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from . import _events as events
 from ._address import check_address
@@ -30,15 +33,27 @@ from ._policy_load import load_policy
 from ._relaystate import RELAYS, RelayRegistry
 from ._sender import Sender, _Pending
 from ._session import Security
-from ._store import Attempt, Claim, RecipientUpdate, Store, StoreError, lease_owner
+from ._store import (
+    Attempt,
+    Claim,
+    RecipientUpdate,
+    Store,
+    StoreBusyError,
+    StoreError,
+    lease_owner,
+)
 from ._vocab import as_reason
 
 DEFAULT_LEASE: Final = 15 * 60.0
+#: Tries at recording an attempt while the database stays locked (waits of 1, 2, 4, 8,
+#: 16 s between them, each try itself waiting up to the store's busy timeout).
+RECORD_ATTEMPTS: Final = 6
 
 
 @dataclass(slots=True)
 class WorkerStats:
-    """What a worker did: recipients delivered, deferred, bounced, held; claims made."""
+    """What a worker did: recipients delivered, deferred, bounced, held; claims made;
+    claims whose lease was lost before their delivery or its recording."""
 
     claims: int = 0
     delivered: int = 0
@@ -46,6 +61,7 @@ class WorkerStats:
     bounced: int = 0
     held: int = 0
     circuit_waits: int = 0
+    leases_lost: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
 
     def count(self, state: str) -> None:
@@ -152,24 +168,47 @@ class Worker:
         """Deliver everything due now, and what becomes due while this runs (within the
         lease); then return. Stops early (releasing nothing claimed but unsent: each
         claim is finished or released) when :attr:`stop_requested` is set."""
-        while not self.stop_requested.is_set():
-            claims = self.store.claim_due(
-                now=self._clock(),
-                owner=self.owner,
-                lease_seconds=self.lease,
-                limit=self.batch,
-                relay=self._relay_filter,
-            )
-            if not claims:
-                break
-            for i, claim in enumerate(claims):
-                if self.stop_requested.is_set():
-                    for rest in claims[i:]:
-                        self.store.release(rest, now=self._clock())
+        try:
+            while not self.stop_requested.is_set():
+                claims = self.store.claim_due(
+                    now=self._clock(),
+                    owner=self.owner,
+                    lease_seconds=self.lease,
+                    limit=self.batch,
+                    relay=self._relay_filter,
+                )
+                if not claims:
                     break
-                self.deliver(claim)
-        self.close()
+                self._deliver_batch(claims)
+        finally:
+            self.close()
         return self.stats
+
+    def _deliver_batch(self, claims: list[Claim]) -> None:
+        """Deliver a batch of claims one after another. The batch was leased at one
+        instant, but its last message is sent only after the others: each claim's lease
+        is renewed just before its delivery, so it covers that delivery and not the time
+        spent on the ones before (a claim whose lease was lost meanwhile is skipped:
+        another worker has it). Claims not reached (a stop request, an error) are
+        released at once rather than left to expire."""
+        started = 0
+        try:
+            for claim in claims:
+                if self.stop_requested.is_set():
+                    break
+                started += 1
+                renewed = self.store.renew(claim, now=self._clock(), lease_seconds=self.lease)
+                if renewed is None:
+                    self.stats.leases_lost += 1
+                    events.worker_lease_lost(
+                        message_id=claim.message.message_id, worker=self.owner, when="renewing"
+                    )
+                    continue
+                self.deliver(renewed)
+        finally:
+            for rest in claims[started:]:
+                with suppress(StoreError):  # an unreleased lease only expires
+                    self.store.release(rest, now=self._clock())
 
     def run_forever(self, *, poll: float = 5.0, summary_every: float = 60.0) -> WorkerStats:
         """Keep delivering until :attr:`stop_requested` is set (SIGTERM/SIGINT in the
@@ -281,4 +320,24 @@ class Worker:
                 style=sender.recipient_style,
                 worker=self.owner,
             )
-        self.store.record_attempt(claim, updates, now=now)
+        # The server has answered: what it said must not be lost to a briefly locked
+        # database (a backup, a purge, the web application saving), or the message would
+        # be sent again once the lease expires. Retry on the injected sleep.
+        recording = Retrying(
+            retry=retry_if_exception_type(StoreBusyError),
+            stop=stop_after_attempt(RECORD_ATTEMPTS),
+            wait=wait_exponential(multiplier=1, max=30),
+            sleep=self._sleep,
+            before_sleep=lambda state: events.worker_store_busy(
+                message_id=claim.message.message_id,
+                worker=self.owner,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else "",
+            ),
+            reraise=True,
+        )
+        if not recording(self.store.record_attempt, claim, updates, now=now):
+            self.stats.leases_lost += 1
+            events.worker_lease_lost(
+                message_id=claim.message.message_id, worker=self.owner, when="recording"
+            )
