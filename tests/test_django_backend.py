@@ -593,9 +593,11 @@ def test_use_tls_and_use_ssl_is_djangos_value_error() -> None:
         EmailBackend(use_tls=True, use_ssl=True)
 
 
-def test_a_bad_timeout_fails_at_setup() -> None:
-    with pytest.raises(ImproperlyConfigured, match="timeout must be a positive"):
-        EmailBackend(timeout=-1)
+@pytest.mark.parametrize("timeout", [-1, 0, float("inf"), float("nan")])
+def test_a_bad_timeout_fails_at_setup(timeout: float) -> None:
+    """EMAIL_TIMEOUT = inf used to pass here and fail every send with OverflowError."""
+    with pytest.raises(ImproperlyConfigured, match="timeout must be a finite number"):
+        EmailBackend(timeout=timeout)
 
 
 # --- security -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import ssl
 import traceback
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage, Message
+from typing import Any
 
 import pytest
 import structlog
@@ -184,6 +185,37 @@ def test_timeouts_are_finite() -> None:
     assert 0 < s.settings.timeout < 60
     assert 0 < s.settings.end_of_data_timeout <= 600
     assert isinstance(ssl.create_default_context(), ssl.SSLContext)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"timeout": float("inf")}, "timeout must be a finite number of seconds above 0"),
+        ({"timeout": 0}, "timeout must be a finite number"),
+        ({"timeout": True}, "timeout must be a finite number"),
+        ({"end_of_data_timeout": -1}, "end_of_data_timeout must be a finite number"),
+        ({"end_of_data_timeout": "600"}, "end_of_data_timeout must be a finite number"),
+        ({"end_of_data_timeout": float("nan")}, "end_of_data_timeout must be a finite number"),
+        ({"port": 0}, "port must be an int from 1 to 65535"),
+        ({"port": "25"}, "port must be an int from 1 to 65535"),
+        (
+            {"username": "app", "password": 12345, "allow_insecure_auth": True},
+            "password must be a str",
+        ),
+        ({"ssl_context": "verify"}, "ssl_context must be an ssl.SSLContext"),
+        ({"allow_insecure_auth": "false"}, "allow_insecure_auth must be True or False"),
+        ({"local_hostname": "a\r\nRSET"}, "local_hostname must be one host name"),
+        ({"local_hostname": ""}, "local_hostname must be one host name"),
+    ],
+)
+def test_bad_options_fail_when_the_sender_is_built(options: dict[str, Any], expected: str) -> None:
+    """A bad timeout used to surface after the final dot (the message already accepted),
+    a non-str password or context as an AttributeError mid-send, and the string "false"
+    for allow_insecure_auth sent the password in the clear."""
+    with pytest.raises(ConfigurationError) as info:
+        Sender("localhost", **{"security": "none", **options})
+    assert expected in str(info.value)
+    assert "12345" not in str(info.value)
 
 
 def test_non_ascii_password_is_held_without_leaking_a_character(

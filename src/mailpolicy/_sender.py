@@ -10,6 +10,7 @@ one ``mail.delivery`` event per recipient.
 from __future__ import annotations
 
 import math
+import re
 import smtplib
 import ssl
 import time
@@ -157,6 +158,26 @@ def _resolve_policy(policy: Policy | str | Path | None) -> Policy:
     )
 
 
+#: What EHLO may carry as our name: one token, no spaces, no control characters (a CR/LF
+#: there would be a second SMTP command).
+_HOSTNAME_OK: Final = re.compile(r"[^\x00-\x20\x7f]{1,255}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    """A timeout is None (the default) or a finite number of seconds above 0."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds above 0, not {value!r}"
+        )
+
+
 class Sender:
     """Delivers ``email.message.EmailMessage`` objects through one SMTP relay.
 
@@ -212,8 +233,32 @@ class Sender:
                 "AUTH over a plaintext connection would expose the password: use "
                 'security="starttls" or "ssl", or set allow_insecure_auth=True'
             )
-        if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-            raise ConfigurationError("timeout must be a positive number of seconds")
+        _check_seconds("timeout", timeout)
+        _check_seconds("end_of_data_timeout", end_of_data_timeout)
+        if port is not None and not (
+            isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536
+        ):
+            raise ConfigurationError(f"port must be an int from 1 to 65535, not {port!r}")
+        for name, value in (("username", username), ("password", password)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigurationError(f"{name} must be a str, not {type(value).__name__}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigurationError(
+                f"ssl_context must be an ssl.SSLContext, not {type(ssl_context).__name__}"
+            )
+        if not isinstance(allow_insecure_auth, bool):
+            # "false" from an environment variable is truthy: it must not send a password
+            # in the clear.
+            raise ConfigurationError(
+                f"allow_insecure_auth must be True or False, not {allow_insecure_auth!r}"
+            )
+        if local_hostname is not None and not _HOSTNAME_OK.fullmatch(
+            local_hostname if isinstance(local_hostname, str) else ""
+        ):
+            raise ConfigurationError(
+                "local_hostname must be one host name or address literal without spaces "
+                f"or control characters, not {local_hostname!r}"
+            )
         if recipient_style not in events.RECIPIENT_STYLES:
             raise ConfigurationError(f"recipient_style must be one of {events.RECIPIENT_STYLES}")
         self.policy = _resolve_policy(policy)

@@ -33,6 +33,7 @@ import difflib
 import email
 import email.policy
 import json
+import math
 import ssl
 import sys
 import threading
@@ -100,7 +101,8 @@ SETTINGS: Final[Mapping[str, str]] = {
         "an ssl.SSLContext to verify the server with (default: ssl.create_default_context())"
     ),
     "MAILPOLICY_RECIPIENT_STYLE": "how events show recipients: 'mask', 'full' or 'hash'",
-    "MAILPOLICY_LOCAL_HOSTNAME": "the name sent in EHLO (default: this host's FQDN)",
+    "MAILPOLICY_LOCAL_HOSTNAME": "the name sent in EHLO, one word without spaces or control "
+    "characters (default: this host's FQDN)",
 }
 
 #: ESMTP options our Sender adds by itself when a message needs them; any other option
@@ -216,8 +218,13 @@ def _timeout(config: Mapping[str, Any]) -> float | None:
     value = config.get("MAIL_TIMEOUT")
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise _expected("MAIL_TIMEOUT", "a positive number of seconds, or None", value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _expected("MAIL_TIMEOUT", "a finite number of seconds above 0, or None", value)
     return float(value)
 
 
@@ -266,7 +273,7 @@ def _default_sender(config: Mapping[str, Any], policy: Policy) -> str | None:
 
 def _send_options(config: Mapping[str, Any]) -> None:
     value = config.get("MAIL_SEND_OPTIONS") or []
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise _expected("MAIL_SEND_OPTIONS", "a list of str", value)
     unsupported = [v for v in value if v.upper() not in _AUTOMATIC_OPTIONS]
     if unsupported:
@@ -353,7 +360,11 @@ def _read(config: Mapping[str, Any], testing: bool, policy: Policy | None) -> Ma
     if style not in RECIPIENT_STYLES:
         raise _expected("MAILPOLICY_RECIPIENT_STYLE", SETTINGS["MAILPOLICY_RECIPIENT_STYLE"], style)
     local = config.get("MAILPOLICY_LOCAL_HOSTNAME")
-    if local is not None and (not isinstance(local, str) or not local.strip()):
+    if local is not None and (
+        not isinstance(local, str)
+        or any(c.isspace() or not c.isprintable() for c in local)
+        or not local
+    ):
         raise _expected("MAILPOLICY_LOCAL_HOSTNAME", SETTINGS["MAILPOLICY_LOCAL_HOSTNAME"], local)
     resolved = policy if policy is not None else _policy(config)
     return MailSettings(
