@@ -55,3 +55,28 @@ def test_delivery_events_reach_a_logging_handler(
     ]
     assert [r.levelno for r in records] == [logging.INFO, logging.WARNING]
     assert events[1]["recipient"] == "b***@example.org"
+
+
+@pytest.mark.parametrize("style", ["mask", "hash"])
+def test_a_recipient_without_an_at_sign_is_not_logged_in_full(
+    smtp_server: SMTPTestServer, style: str
+) -> None:
+    """A mistyped address ("john.smith.example.org") has no domain to show: masking used
+    to log it whole, as the "domain" and after "***@"."""
+    with (
+        structlog.testing.capture_logs() as logs,
+        Sender(
+            smtp_server.host, smtp_server.port, security="none", relays=RelayRegistry(),
+            recipient_style=style,  # type: ignore[arg-type]
+        ) as sender,
+    ):  # fmt: skip
+        m = EmailMessage()
+        m["From"] = "app@example.com"
+        m.set_content("hi\n")
+        report = sender.send(m, recipients=["john.smith.example.org", "jane.doe@example.org"])
+    assert [o.state for o in report.outcomes] == ["invalid", "delivered"]
+    typo, ok = (e for e in logs if e["event"] == "mail.delivery")
+    assert "john" not in repr(typo)
+    assert typo["domain"] is None
+    assert ok["domain"] == "example.org"
+    assert ok["recipient"] != "jane.doe@example.org"

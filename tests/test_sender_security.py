@@ -3,6 +3,7 @@ silent plaintext fallback, no AUTH over plaintext, no secrets anywhere, no injec
 
 from __future__ import annotations
 
+import base64
 import ssl
 import traceback
 from collections.abc import Callable, Iterator
@@ -12,10 +13,10 @@ from typing import Any
 import pytest
 import structlog
 
-from mailpolicy import ConfigurationError, MessageError
+from mailpolicy import ConfigurationError, MailPolicyError, MessageError, StageError
 from mailpolicy._relaystate import RelayRegistry
 from mailpolicy._sender import Sender
-from mailpolicy.testing import FakeClock, SMTPTestServer, TLSFiles
+from mailpolicy.testing import DROP, FakeClock, SMTPTestServer, TLSFiles
 
 Factory = Callable[..., SMTPTestServer]
 PASSWORD = "s3cr3t-Pa55"  # noqa: S105 - a test credential
@@ -128,6 +129,32 @@ def test_auth_over_tls_and_no_secret_anywhere(smtp_server_factory: Factory) -> N
     assert PASSWORD not in repr(logs)
     assert PASSWORD not in repr(report)
     assert PASSWORD not in "".join(e.command for e in server.transcript)
+
+
+@pytest.mark.parametrize("auth_reply", [DROP, "535 5.7.8 Authentication credentials invalid"])
+def test_an_auth_failure_traceback_holds_no_password(
+    smtp_server_factory: Factory, auth_reply: object
+) -> None:
+    """Error trackers record the local variables of every frame of a traceback (Sentry
+    does by default, and scrubs ``password`` but not smtplib's ``initial_response`` or
+    ``args``). A failure at AUTH must reach the caller without smtplib's login frames;
+    and the connection kept open after a login must not keep the credentials."""
+    server = smtp_server_factory(starttls=True, auth={"app": PASSWORD})
+    s = sender(server, ssl_context=server.client_ssl_context(), username="app", password=PASSWORD)
+    assert s.send(message()).outcomes[0].state == "delivered"
+    connection: Any = s.connection
+    assert (connection.user, connection.password) == (None, None)
+    s.close()
+    server.script.auth(*[auth_reply] * 3)  # type: ignore[arg-type]  # smtplib tries each mechanism
+    with pytest.raises(StageError) as info:
+        s.open()
+    assert isinstance(info.value, MailPolicyError)
+    assert info.value.verdict.stage == "auth"
+    rendered = "".join(
+        traceback.TracebackException.from_exception(info.value, capture_locals=True).format()
+    )
+    secret_forms = [PASSWORD, base64.b64encode(f"\0app\0{PASSWORD}".encode()).decode()]
+    assert not [form for form in secret_forms if form in rendered], rendered
 
 
 def test_wrong_password_is_held_and_not_leaked(smtp_server_factory: Factory) -> None:

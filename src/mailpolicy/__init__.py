@@ -29,6 +29,7 @@ from ._outcome import STATES, DeliveryReport, RecipientOutcome, State
 from ._policy import ACTIONS, Action, Decision, Policy
 from ._policy_load import load_policy
 from ._sender import Sender
+from ._session import StageError
 from ._store import Store, StoreBusyError, StoreError, open_store
 from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
 from ._worker import Worker, WorkerStats
@@ -65,6 +66,7 @@ __all__ = [
     "Scope",
     "Sender",
     "Stage",
+    "StageError",
     "State",
     "Store",
     "StoreBusyError",

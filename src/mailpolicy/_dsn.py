@@ -817,7 +817,7 @@ def intake_dsn(
             source=source,
             original_message_id=report.original_message_id,
             recipient=events.show_recipient(v.recipient, "mask"),
-            domain=v.recipient.rpartition("@")[2].lower(),
+            domain=events.recipient_domain(v.recipient),
             dsn_action=v.dsn_action,
             reason=v.verdict.reason,
             code=v.verdict.code,

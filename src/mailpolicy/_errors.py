@@ -14,6 +14,9 @@
     │                                    deferred or held with no store to keep it
     ├── DsnError (ValueError)            a bounce message that is not an RFC 3464 DSN
     │                                    (defined in _dsn)
+    ├── StageError                       Sender.open(): the connection could not be
+    │                                    set up (connect, greeting, EHLO, STARTTLS,
+    │                                    AUTH); carries the verdict (defined in _session)
     └── StoreError (RuntimeError)        the outbox store cannot be opened, read or
         │                                written (defined in _store)
         └── StoreBusyError               another connection held the write lock past

@@ -39,11 +39,20 @@ def show_recipient(address: str, style: RecipientStyle) -> str:
     address itself."""
     if style == "full":
         return address
-    local, _, domain = address.rpartition("@")
+    local, at, domain = address.rpartition("@")
     if style == "hash":
         digest = hashlib.sha256(address.lower().encode("utf-8", "replace")).hexdigest()[:16]
-        return f"sha256:{digest}@{domain}"
+        return f"sha256:{digest}@{domain}" if at else f"sha256:{digest}"
+    if not at:  # a mistyped address ("ann.example.org"): no domain to show, mask it all
+        return "***"
     return f"{local[:1]}***@{domain}" if local else f"***@{domain}"
+
+
+def recipient_domain(address: str) -> str | None:
+    """The domain events show beside a recipient; None when the text has no ``@`` (it
+    would otherwise be the whole, unmasked address)."""
+    _, at, domain = address.rpartition("@")
+    return domain.lower() if at else None
 
 
 #: A lazy proxy: it resolves structlog's global configuration when used (so an app's
@@ -76,7 +85,7 @@ def outcome(
         o.state,
         message_id=message_id,
         recipient=show_recipient(o.recipient, style),
-        domain=o.recipient.rpartition("@")[2].lower(),
+        domain=recipient_domain(o.recipient),
         reason=o.reason,
         code=o.code,
         status=o.status,

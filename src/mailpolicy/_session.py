@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, TypeVar
 
 from ._classify import Verdict, classify, classify_error, success_verdict
+from ._errors import MailPolicyError
 from ._message import PreparedMessage
 from ._relaystate import relay_key
 from ._vocab import Stage
@@ -64,14 +65,18 @@ class ConnectionSettings:
         return relay_key(self.host, self.port)
 
 
-class StageError(Exception):
+class StageError(MailPolicyError):
     """A failure before any transaction could run (connect, greeting, EHLO, STARTTLS,
-    AUTH): it applies to every recipient of the attempt."""
+    AUTH): it applies to every recipient of the attempt. ``Sender.open()`` raises it;
+    ``send()`` turns it into outcomes. ``verdict`` is the classified failure, ``text``
+    the server's reply or the network error. A failure at AUTH is never chained to the
+    exception that caused it: smtplib's frames there hold the password in their locals,
+    which error trackers that capture locals would record."""
 
     def __init__(self, verdict: Verdict, text: str = "") -> None:
-        super().__init__(f"{verdict.stage}: {verdict.reason}")
         self.verdict = verdict
         self.text = text or str(verdict.reason)
+        super().__init__(f"{verdict.stage}: {verdict.reason}: {self.text}")
 
 
 @dataclass(slots=True)
@@ -149,12 +154,21 @@ class Session:
         try:
             return call()
         except smtplib.SMTPResponseException as exc:
-            self.close(polite=False)
-            text = _reply_text(exc.smtp_code, exc.smtp_error)
-            raise StageError(classify_error(exc, stage=stage), text) from exc
+            failure = StageError(
+                classify_error(exc, stage=stage), _reply_text(exc.smtp_code, exc.smtp_error)
+            )
+            cause: BaseException | None = exc
         except (smtplib.SMTPException, OSError, ValueError) as exc:
-            self.close(polite=False)
-            raise StageError(_lost(exc, stage), f"{type(exc).__name__}: {exc}") from exc
+            failure = StageError(_lost(exc, stage), f"{type(exc).__name__}: {exc}")
+            cause = exc
+        self.close(polite=False)
+        if stage == "auth":
+            # Raised outside the except block and unchained: the AUTH exception's
+            # traceback reaches smtplib's login frames, whose locals hold the password
+            # and its base64 form.
+            del cause
+            raise failure
+        raise failure from cause
 
     def open(self) -> None:
         """Connect, read the greeting, EHLO, STARTTLS, EHLO again, AUTH, as configured.
@@ -214,8 +228,11 @@ class Session:
             self.close()
             why = "AUTH over a plaintext connection refused (allow_insecure_auth is off)"
             raise StageError(classify_error(smtplib.SMTPNotSupportedError(why), stage="auth"), why)
-        username, password = s.username or "", s.password or ""
-        if not (username.isascii() and password.isascii()):
+        # The password is never bound to a local of this frame (a traceback of the
+        # StageError below passes through it): it is read from the settings, whose repr
+        # hides it.
+        username = s.username or ""
+        if not (username.isascii() and (s.password or "").isascii()):
             # smtplib encodes AUTH as ASCII: its UnicodeEncodeError would quote a character
             # of the password and its position. Refuse without saying which.
             self.close()
@@ -225,7 +242,12 @@ class Session:
             raise StageError(
                 classify_error(smtplib.SMTPNotSupportedError("auth: " + why), stage="auth"), why
             )
-        self._step("auth", lambda: conn.login(username, password))
+        try:
+            self._step("auth", lambda: conn.login(username, s.password or ""))
+        finally:
+            # smtplib keeps the credentials on the connection object after login; this
+            # one stays open (and is reachable as Sender.connection) for later sends.
+            conn.user = conn.password = None  # type: ignore[assignment]
 
     def transaction(
         self,
