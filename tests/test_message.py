@@ -131,6 +131,40 @@ def test_programming_errors() -> None:
         prepare_message(make(From="a@x.org"), recipients="b@x.org")
 
 
+def test_recipients_may_be_any_iterable_of_str_and_nothing_else() -> None:
+    """A generator used to be consumed by the type check and then reported as "no
+    recipients"; an int escaped as TypeError."""
+    m = make(From="a@x.org")
+    assert prepare_message(m, recipients=(r for r in ["b@x.org"])).recipients == ("b@x.org",)
+    with pytest.raises(MessageError, match="recipients must be a list of str, not int"):
+        prepare_message(m, recipients=5)  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="recipients must be a list of str"):
+        prepare_message(m, recipients=[b"b@x.org"])  # type: ignore[list-item]
+
+
+def _compat32_int_header() -> Message:
+    m = Message()
+    m["From"], m["To"] = "a@x.org", "b@x.org"
+    m["X-Count"] = 5  # type: ignore[assignment]
+    m.set_payload("x")
+    return m
+
+
+def _compat32_str_part() -> Message:
+    m = Message()
+    m["From"], m["To"] = "a@x.org", "b@x.org"
+    m.attach("text")
+    return m
+
+
+@pytest.mark.parametrize("build", [_compat32_int_header, _compat32_str_part])
+def test_a_malformed_compat32_message_is_a_message_error(build: object) -> None:
+    """Hand-built legacy messages that the email package itself cannot walk or
+    serialise raised AttributeError from deep inside it."""
+    with pytest.raises(MessageError, match="cannot be"):
+        prepare_message(build())  # type: ignore[operator]
+
+
 def test_eight_bit_and_smtputf8_flags() -> None:
     assert prepare_message(make(From="a@x.org", To="b@x.org")).eight_bit is False
     m = EmailMessage()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message
 from email.policy import EmailPolicy, Policy
@@ -161,6 +161,8 @@ def _serialise(message: Message, *, utf8_addresses: bool) -> tuple[bytes, bool]:
             return message.as_bytes(policy=policy.clone(linesep="\r\n")), False
         except (UnicodeEncodeError, UnicodeError):
             pass
+        except Exception as exc:  # the email package raises many types here
+            raise MessageError(f"the message cannot be serialised: {exc}") from exc
     if not isinstance(policy, EmailPolicy):
         raise MessageError("the message has non-ASCII headers that compat32 cannot serialise")
     try:
@@ -179,7 +181,7 @@ def prepare_message(
     message: Message,
     *,
     envelope_from: str | None = None,
-    recipients: Sequence[str] | None = None,
+    recipients: Iterable[str] | None = None,
 ) -> PreparedMessage:
     """Serialise ``message`` once and work out its envelope (DESIGN.md §4).
 
@@ -188,8 +190,13 @@ def prepare_message(
     """
     if not isinstance(message, Message):
         raise MessageError(f"expected an email.message.EmailMessage, not {type(message).__name__}")
-    _check_headers(message)
-    addresses = _header_addresses(message)
+    try:
+        _check_headers(message)
+        addresses = _header_addresses(message)
+    except MessageError:
+        raise
+    except Exception as exc:  # a hand-built compat32 tree: an int header, a str payload
+        raise MessageError(f"the message cannot be read: {type(exc).__name__}: {exc}") from exc
     if envelope_from is None:
         found = [*addresses.get("sender", ()), *addresses.get("from", ())]
         if not found:
@@ -199,8 +206,18 @@ def prepare_message(
         raise MessageError("envelope_from must be a str")
     if recipients is None:
         recipients = [*addresses.get("to", ()), *addresses.get("cc", ()), *addresses.get("bcc", ())]
-    elif isinstance(recipients, str) or not all(isinstance(r, str) for r in recipients):
-        raise MessageError("recipients must be a list of str")
+    else:
+        # Taken as a tuple first: a generator would be used up by the check below.
+        if isinstance(recipients, str | bytes):
+            raise MessageError("recipients must be a list of str, not one str")
+        try:
+            recipients = tuple(recipients)
+        except TypeError:
+            raise MessageError(
+                f"recipients must be a list of str, not {type(recipients).__name__}"
+            ) from None
+        if not all(isinstance(r, str) for r in recipients):
+            raise MessageError("recipients must be a list of str")
     unique = _unique(recipients)
     if not unique:
         raise MessageError("the message has no recipients (To, Cc, Bcc or recipients=)")

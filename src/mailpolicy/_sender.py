@@ -14,7 +14,7 @@ import re
 import smtplib
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from email.message import Message
 from pathlib import Path
@@ -331,7 +331,7 @@ class Sender:
         message: Message,
         *,
         envelope_from: str | None = None,
-        recipients: Sequence[str] | None = None,
+        recipients: Iterable[str] | None = None,
     ) -> DeliveryReport:
         """Deliver ``message``; one :class:`RecipientOutcome` per envelope recipient.
 
