@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from contextlib import closing
 from email.message import EmailMessage
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
+from mailpolicy import InvalidInputError, MailPolicyError
 from mailpolicy._message import PreparedMessage, prepare_message
 from mailpolicy._outcome import State
 from mailpolicy._sqlite import DUE_QUERY, SCHEMA_VERSION, SQLiteStore
@@ -39,6 +40,7 @@ from mailpolicy._store import (
     parse_store_url,
 )
 from mailpolicy._vocab import Reason
+from mailpolicy._worker import Worker
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0
@@ -849,3 +851,33 @@ def test_soft_bounces_are_counted_within_the_window(store: SQLiteStore) -> None:
     assert store.record_soft_bounce("bob@example.org", now=T0, window=window) == 1
     with pytest.raises(StoreError, match="window must be > 0"):
         store.record_soft_bounce("bob@example.org", now=T0, window=0)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (lambda s: s.suppressed(None, now=T0), "an address must be a str, not NoneType"),
+        (lambda s: s.add_suppression(5, reason="x", now=T0, ttl=None), "must be a str, not int"),
+        (lambda s: s.record_soft_bounce(None, now=T0, window=60), "must be a str, not NoneType"),
+        (lambda s: s.claim_due(now=None, owner="w", lease_seconds=30), "now must be a number"),
+        (lambda s: s.claim_due(now=T0, owner="w", lease_seconds=30, limit="5"), "limit must be"),
+        (lambda s: s.claim_due(now=T0, owner="w", lease_seconds=True), "lease_seconds must be"),
+        (lambda s: s.purge(now=None), "now must be a number of seconds"),
+        (lambda s: s.purge(now=T0, older_than="1d"), "older_than must be a number"),
+        (lambda s: s.counts(now=float("nan")), "now must be a number of seconds, not nan"),
+        (lambda s: s.list_recipients(limit=None), "limit must be an int"),
+    ],
+)
+def test_wrong_types_are_the_librarys_error_not_a_builtin_one(
+    store: SQLiteStore, call: Any, expected: str
+) -> None:
+    """Found in review: these raised AttributeError/TypeError from inside the store."""
+    with pytest.raises(InvalidInputError) as info:
+        call(store)
+    assert expected in str(info.value)
+    assert isinstance(info.value, MailPolicyError)
+
+
+def test_a_worker_needs_a_store(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="store must be a mailpolicy Store"):
+        Worker(None, "localhost", 25, security="none")  # type: ignore[arg-type]

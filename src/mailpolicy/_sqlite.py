@@ -25,6 +25,7 @@ its cost does not grow with the number of deferred rows that are not selected.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
+from ._errors import InvalidInputError
 from ._message import PreparedMessage
 from ._outcome import STATES, State
 from ._store import (
@@ -188,6 +190,30 @@ def select_due(
     finally:
         cursor.close()
     return list(keys)
+
+
+#: The time arguments that may be None.
+_OPTIONAL_TIMES: Final = frozenset({"next_attempt_at", "older_than", "ttl"})
+
+
+def _check_times(**values: float | None) -> None:
+    """Times and durations are numbers of seconds (None where optional): anything else
+    would fail inside SQLite or arithmetic with an unrelated TypeError."""
+    for name, value in values.items():
+        if value is None and name in _OPTIONAL_TIMES:
+            continue
+        if (
+            value is None
+            or isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or math.isnan(value)
+        ):
+            raise InvalidInputError(f"{name} must be a number of seconds, not {value!r}")
+
+
+def _check_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"{name} must be an int, not {value!r}")
 
 
 def _marks(n: int) -> str:
@@ -431,6 +457,7 @@ class SQLiteStore:
         recipients: Sequence[NewRecipient],
         now: float,
     ) -> int:
+        _check_times(now=now)
         if not recipients:
             raise StoreError(f"{self._path}: cannot save {message.message_id}: no recipients")
         for new in recipients:
@@ -488,6 +515,8 @@ class SQLiteStore:
         limit: int = 100,
         relay: str | None = None,
     ) -> list[Claim]:
+        _check_times(now=now, lease_seconds=lease_seconds)
+        _check_int("limit", limit)
         if not 1 <= limit <= MAX_CLAIM:
             raise StoreError(f"{self._path}: claim limit must be 1..{MAX_CLAIM}, got {limit}")
         if not lease_seconds > 0:
@@ -549,6 +578,7 @@ class SQLiteStore:
     def record_attempt(
         self, claim: Claim, updates: Sequence[RecipientUpdate], *, now: float
     ) -> bool:
+        _check_times(now=now)
         claimed = {r.key for r in claim.recipients}
         for update in updates:
             if update.key not in claimed:
@@ -587,6 +617,7 @@ class SQLiteStore:
             return self._release_lease(db, claim)
 
     def renew(self, claim: Claim, *, now: float, lease_seconds: float) -> Claim | None:
+        _check_times(now=now, lease_seconds=lease_seconds)
         if not lease_seconds > 0:
             raise StoreError(f"{self._path}: lease_seconds must be > 0")
         lease_until = now + lease_seconds
@@ -599,6 +630,7 @@ class SQLiteStore:
         return replace(claim, lease_until=lease_until) if cursor.rowcount == 1 else None
 
     def release(self, claim: Claim, *, now: float, next_attempt_at: float | None = None) -> None:
+        _check_times(now=now, next_attempt_at=next_attempt_at)
         with self._transaction(f"releasing {claim.message.message_id}") as db:
             if next_attempt_at is not None and claim.recipients:
                 keys = [r.key for r in claim.recipients]
@@ -610,6 +642,7 @@ class SQLiteStore:
             self._release_lease(db, claim)
 
     def counts(self, *, now: float) -> dict[str, int]:
+        _check_times(now=now)
         result: dict[str, int] = dict.fromkeys(STATES, 0)
         with self._transaction("counting", write=False) as db:
             result.update(db.execute("SELECT state, count(*) FROM recipients GROUP BY state"))
@@ -635,6 +668,7 @@ class SQLiteStore:
     def list_recipients(
         self, *, state: State | None = None, message_id: str | None = None, limit: int = 100
     ) -> list[StoredRecipient]:
+        _check_int("limit", limit)
         with self._transaction("listing recipients", write=False) as db:
             rows = db.execute(
                 f"SELECT {_RECIPIENT_COLUMNS} FROM recipients AS r "  # noqa: S608 - constant columns
@@ -681,6 +715,7 @@ class SQLiteStore:
     def retry_now(
         self, *, now: float, message_id: str | None = None, include_held: bool = True
     ) -> int:
+        _check_times(now=now)
         with self._transaction("releasing for retry") as db:
             cursor = db.execute(
                 "UPDATE recipients SET state = 'deferred', next_attempt_at = :now, "
@@ -692,6 +727,7 @@ class SQLiteStore:
             return cursor.rowcount
 
     def purge(self, *, now: float, older_than: float | None = None) -> int:
+        _check_times(now=now, older_than=older_than)
         cutoff = now - (self._retention if older_than is None else older_than)
         with self._transaction("purging finished messages") as db:
             cursor = db.execute(
@@ -706,6 +742,7 @@ class SQLiteStore:
     # --- suppression list -----------------------------------------------------------------
 
     def suppressed(self, address: str, *, now: float) -> Suppression | None:
+        _check_times(now=now)
         with self._transaction("checking the suppression list", write=False) as db:
             row = db.execute(
                 f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions "  # noqa: S608 - constant columns
@@ -726,6 +763,7 @@ class SQLiteStore:
         text: str = "",
         policy: str = "",
     ) -> Suppression:
+        _check_times(now=now, ttl=ttl)
         if ttl is not None and not ttl > 0:
             raise StoreError(f"{self._path}: a suppression ttl must be > 0 seconds or None")
         key = normalise_address(address)
@@ -755,6 +793,7 @@ class SQLiteStore:
             return db.execute("DELETE FROM suppressions WHERE address = ?", (key,)).rowcount > 0
 
     def suppressions(self, *, now: float, include_expired: bool = False) -> list[Suppression]:
+        _check_times(now=now)
         with self._transaction("listing the suppression list", write=False) as db:
             rows = db.execute(
                 f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions "  # noqa: S608 - constant columns
@@ -764,6 +803,7 @@ class SQLiteStore:
         return [_suppression(row) for row in rows]
 
     def record_soft_bounce(self, address: str, *, now: float, window: float) -> int:
+        _check_times(now=now, window=window)
         if not window > 0:
             raise StoreError(f"{self._path}: a soft-bounce window must be > 0 seconds")
         key = normalise_address(address)

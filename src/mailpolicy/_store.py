@@ -70,6 +70,8 @@ def normalise_address(address: str) -> str:
     mailbox provider does, and a suppression list errs on the safe side: ``Ann@X.org``
     and ``ann@x.org`` are one entry (the usual practice of ESP suppression lists).
     """
+    if not isinstance(address, str):
+        raise InvalidInputError(f"an address must be a str, not {type(address).__name__}")
     return address.strip().removeprefix("<").removesuffix(">").strip().lower()
 
 

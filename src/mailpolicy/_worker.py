@@ -26,7 +26,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from . import _events as events
 from ._address import check_address
-from ._errors import MailPolicyError
+from ._errors import InvalidInputError, MailPolicyError
 from ._message import PreparedMessage, wire_bytes
 from ._policy import Policy
 from ._policy_load import load_policy
@@ -114,6 +114,10 @@ class Worker:
         sender_options: dict[str, object] | None = None,
         all_relays: bool = False,
     ) -> None:
+        if not isinstance(store, Store):
+            raise InvalidInputError(
+                f"store must be a mailpolicy Store (open_store(url)), not {type(store).__name__}"
+            )
         self.store = store
         self.lease = lease
         self.batch = batch
