@@ -530,13 +530,19 @@ class Sender:
             if self._fixed_timeout is None and info.timeout > 0:
                 timeout = info.timeout
             eod = self._end_of_data_timeout
-            if eod is None:  # whole seconds: the same value send after send
-                eod = min(policy.queue.end_of_data_timeout, float(math.ceil(max(left, timeout))))
+            within = eod is None  # an explicit end_of_data_timeout is waited in full
+            if eod is None:
+                eod = policy.queue.end_of_data_timeout
             # The whole attempt (not only each command) stays within the deadline: the
-            # session cuts each command's wait to what is left (on the real clock).
+            # session cuts each command's wait, connecting and the wait after the final
+            # dot included, to what is left when it starts (on the real clock).
             deadline_at = time.monotonic() + max(left, 0.0)
             self._session.settings = replace(
-                self.settings, timeout=timeout, end_of_data_timeout=eod, deadline_at=deadline_at
+                self.settings,
+                timeout=timeout,
+                end_of_data_timeout=eod,
+                deadline_at=deadline_at,
+                end_of_data_within_deadline=within,
             )
             attempt_started = self._monotonic()
             self._run_attempt(prepared, sender, todo, smtputf8=smtputf8, relay=relay)

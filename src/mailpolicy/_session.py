@@ -55,6 +55,17 @@ class ConnectionSettings:
     #: ``time.monotonic()`` value after which no command may wait any longer: the
     #: in-request deadline of a ``send()`` (None: only the per-command timeout).
     deadline_at: float | None = None
+    #: Whether the wait after the final dot is cut by ``deadline_at`` too (a ``send()``
+    #: in a request; DESIGN.md §4), or waits the whole ``end_of_data_timeout`` (the
+    #: worker, or an explicit ``end_of_data_timeout``).
+    end_of_data_within_deadline: bool = False
+
+    def wait_for(self, timeout: float) -> float:
+        """``timeout`` cut to what is left of the deadline, measured now: a command
+        started past the deadline times out at once and counts as a timeout."""
+        if self.deadline_at is None:
+            return timeout
+        return max(0.001, min(timeout, self.deadline_at - time.monotonic()))
 
     @property
     def relay(self) -> str:
@@ -187,14 +198,19 @@ class Session:
             conn = self._step(
                 "connect",
                 lambda: smtplib.SMTP_SSL(
-                    s.host, s.port, local_hostname=local, timeout=s.timeout, context=context
+                    s.host,
+                    s.port,
+                    local_hostname=local,
+                    timeout=s.wait_for(s.timeout),
+                    context=context,
                 ),
             )
         else:
             # smtplib.SMTP(host) connects and reads the greeting; a non-220 greeting is
             # SMTPConnectError with the server's reply.
             conn = self._step(
-                "connect", lambda: smtplib.SMTP(s.host, s.port, local, timeout=s.timeout)
+                "connect",
+                lambda: smtplib.SMTP(s.host, s.port, local, timeout=s.wait_for(s.timeout)),
             )
         self.connection = conn
         self._fresh = True
@@ -206,12 +222,20 @@ class Session:
                 raise StageError(
                     classify_error(smtplib.SMTPNotSupportedError(why), stage="starttls"), why
                 )
+            self._arm(conn)
             self._step("starttls", lambda: conn.starttls(context=context))
             self._ehlo(conn)
         if s.username is not None:
             self._auth(conn)
 
+    def _arm(self, conn: smtplib.SMTP) -> None:
+        """Set the socket's timeout for the next command: the per-command timeout, cut
+        to what is left of the in-request deadline (DESIGN.md §4)."""
+        if conn.sock is not None:
+            conn.sock.settimeout(self.settings.wait_for(self.settings.timeout))
+
     def _ehlo(self, conn: smtplib.SMTP) -> None:
+        self._arm(conn)
         code, reply = self._step("ehlo", conn.ehlo)
         if code in (500, 502, 504):  # EHLO not understood: an old server; try HELO
             code, reply = self._step("ehlo", conn.helo)
@@ -242,6 +266,7 @@ class Session:
             raise StageError(
                 classify_error(smtplib.SMTPNotSupportedError("auth: " + why), stage="auth"), why
             )
+        self._arm(conn)
         try:
             self._step("auth", lambda: conn.login(username, s.password or ""))
         finally:
@@ -283,17 +308,9 @@ class Session:
         host = self.settings.host
         results = [RecipientResult(recipient=r) for r, _ in recipients]
         fresh, self._fresh = self._fresh, False
-        deadline_at = self.settings.deadline_at
 
         def arm() -> None:
-            # DESIGN.md §4: the per-command timeout, cut to what is left of the deadline
-            # (a command started past it times out at once and counts as a timeout).
-            if conn.sock is None:
-                return
-            timeout = self.settings.timeout
-            if deadline_at is not None:
-                timeout = max(0.001, min(timeout, deadline_at - time.monotonic()))
-            conn.sock.settimeout(timeout)
+            self._arm(conn)
 
         arm()
 
@@ -377,7 +394,12 @@ class Session:
         sock = conn.sock
         try:
             if sock is not None:
-                sock.settimeout(self.settings.end_of_data_timeout)
+                # Measured now, after the data went out: in a request, what is left of
+                # the deadline (a cut here is ambiguous); else the whole RFC 5321 wait.
+                eod = self.settings.end_of_data_timeout
+                if self.settings.end_of_data_within_deadline:
+                    eod = self.settings.wait_for(eod)
+                sock.settimeout(eod)
             code, reply = conn.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # RFC 5321 §4.5.3.2.6, §6.1: after the final dot the server may have taken
