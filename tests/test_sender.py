@@ -547,3 +547,75 @@ def test_the_deadline_also_cuts_connecting_and_the_wait_after_the_dot(
     (o,) = report.outcomes
     assert (o.state, o.reason, o.ambiguous) == ("deferred", "timeout", ambiguous)
     assert elapsed < 1.3, elapsed  # both replies in full would take 1.4 s
+
+
+def test_eight_bit_data_is_re_encoded_for_a_server_without_8bitmime(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """RFC 6152 §3: 8-bit data only to a server that offers 8BITMIME. Found in review:
+    the body went out as raw 8-bit; now its part is re-encoded (the email package's
+    7-bit generator) and reads back the same."""
+    import email
+    import email.policy
+
+    smtp_server.script.ehlo("250-mx.test\n250 SIZE 100000")  # neither 8BITMIME nor SMTPUTF8
+    m = message("ann@example.org")
+    m.set_content("Grüße aus Köln\n")
+    (o,) = sender_for(smtp_server).send(m).outcomes
+    assert o.state == "delivered", o
+    (received,) = smtp_server.messages
+    assert received.data.isascii()
+    assert not any("8BITMIME" in opt.upper() for opt in received.mail_options)
+    parsed = email.message_from_bytes(received.data, policy=email.policy.default)
+    assert parsed.get_content().replace("\r\n", "\n") == "Grüße aus Köln\n"
+
+
+def test_eight_bit_data_goes_as_is_with_8bitmime(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    m = message("ann@example.org")
+    m.set_content("Grüße aus Köln\n")
+    assert sender_for(smtp_server).send(m).outcomes[0].state == "delivered"
+    (received,) = smtp_server.messages
+    assert "Grüße".encode() in received.data
+    assert "BODY=8BITMIME" in [opt.upper() for opt in received.mail_options]
+
+
+def test_eight_bit_data_without_a_charset_is_not_sent_to_a_server_without_8bitmime(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """A part with 8-bit bytes and no charset cannot be re-encoded faithfully: bounced
+    before MAIL, with the reason, and nothing sent."""
+    import email
+    import email.policy
+
+    smtp_server.script.ehlo("250-mx.test\n250 SIZE 100000")
+    raw = (
+        b"From: app@example.com\r\nTo: ann@example.org\r\nSubject: x\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n"
+    )
+    m = email.message_from_bytes(raw, policy=email.policy.default)
+    (o,) = sender_for(smtp_server).send(m).outcomes
+    assert (o.state, o.reason, o.rule) == (
+        "bounced",
+        "protocol_error",
+        "local.8bitmime-not-offered",
+    )
+    assert "does not offer 8BITMIME" in o.text
+    assert smtp_server.messages == []
+    assert all(not e.command.upper().startswith("MAIL") for e in smtp_server.transcript)
+
+
+def test_re_encoding_ignores_the_process_wide_charset_registry(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], monkeypatch: Any
+) -> None:
+    """Flask-Mail registers UTF-8 without a body encoding for the whole process
+    (``charset.add_charset("utf-8", SHORTEST, None, "utf-8")``); the email package's own
+    7-bit generator then writes 8-bit again. The re-encoding does not depend on it."""
+    import email.charset
+
+    monkeypatch.setitem(email.charset.CHARSETS, "utf-8", (email.charset.SHORTEST, None, "utf-8"))
+    smtp_server.script.ehlo("250-mx.test\n250 SIZE 100000")
+    m = message("ann@example.org")
+    m.set_content("Grüße aus Köln\n")
+    assert sender_for(smtp_server).send(m).outcomes[0].state == "delivered"
+    assert smtp_server.messages[0].data.isascii()

@@ -9,11 +9,16 @@ when missing and kept across retries), and no CR/LF/NUL inside any header value
 
 from __future__ import annotations
 
+import email.encoders
+import email.policy
 import email.utils
+import io
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from email.generator import BytesGenerator
 from email.message import Message
+from email.parser import BytesParser
 from email.policy import EmailPolicy, Policy
 from typing import Final
 
@@ -51,6 +56,44 @@ def wire_bytes(data: bytes) -> bytes:
     """CRLF-normalised message bytes as sent after DATA: dot-stuffed (RFC 5321 §4.5.2)
     and ended with the final ``.`` line."""
     return _LEADING_DOT.sub(b"..", data) + b".\r\n"
+
+
+def seven_bit(message: PreparedMessage) -> PreparedMessage | None:
+    """The message re-encoded for a server that does not offer 8BITMIME, which may not be
+    sent 8-bit data (RFC 6152 §3, RFC 5321 §2.4): each part holding 8-bit bytes is
+    written as quoted-printable (text) or base64 (anything else), its bytes unchanged.
+    Done part by part here, not by the email package's 7-bit generator, which follows
+    the process-wide charset registry (Django registers UTF-8 without a body encoding).
+    None when that is not possible faithfully: 8-bit text with no declared charset."""
+    try:
+        parsed = BytesParser(policy=email.policy.default).parsebytes(message.data)
+        for part in parsed.walk():
+            if part.is_multipart() or _is_seven_bit(part):
+                continue
+            if part.get_content_maintype() == "text" and part.get_param("charset") is None:
+                return None
+            raw = part.get_payload(decode=True)
+            if not isinstance(raw, bytes):
+                return None
+            del part["Content-Transfer-Encoding"]
+            part.set_payload(raw)
+            if part.get_content_maintype() == "text":
+                email.encoders.encode_quopri(part)
+            else:
+                email.encoders.encode_base64(part)
+        out = io.BytesIO()
+        BytesGenerator(out, policy=email.policy.default.clone(linesep="\r\n")).flatten(parsed)
+    except Exception:
+        return None
+    data = _EOL.sub(b"\r\n", out.getvalue())
+    if not data.isascii():
+        return None
+    return replace(message, data=data, wire_data=wire_bytes(data), eight_bit=False)
+
+
+def _is_seven_bit(part: Message) -> bool:
+    payload = part.get_payload()
+    return isinstance(payload, str) and payload.isascii()
 
 
 def split_addresses(text: str) -> list[str]:

@@ -26,7 +26,7 @@ from ._address import CheckedAddress, check_address, check_address_cached
 from ._classify import Verdict, decide_on
 from ._errors import ConfigurationError
 from ._inline import AttemptInfo, InlineRetrier
-from ._message import PreparedMessage, prepare_message
+from ._message import PreparedMessage, prepare_message, seven_bit
 from ._outcome import DeliveryReport, RecipientOutcome, State, utc
 from ._policy import AddressSettings, Decision, Policy, SuppressionSettings
 from ._policy_load import load_policy
@@ -606,8 +606,25 @@ class Sender:
                     if not batch:
                         return
                     use_utf8 = False
+                outgoing = prepared
+                if prepared.eight_bit and not self._session.supports("8bitmime"):
+                    # RFC 6152 §3: no 8-bit data to a server without 8BITMIME (SMTPUTF8
+                    # implies it, RFC 6531 §3.1). Re-encoded as 7-bit MIME, or not sent.
+                    converted = seven_bit(prepared)
+                    if converted is None:
+                        self._local_failure(
+                            batch,
+                            rule="local.8bitmime-not-offered",
+                            text=(
+                                f"{self.settings.host} does not offer 8BITMIME and this "
+                                "message has 8-bit data that cannot be re-encoded as 7-bit "
+                                "MIME; nothing was sent"
+                            ),
+                        )
+                        return
+                    outgoing = converted
                 results = self._session.transaction(
-                    prepared,
+                    outgoing,
                     sender.wire or prepared.envelope_from,
                     [(p.recipient, p.wire) for p in batch],
                     smtputf8=use_utf8,
@@ -655,6 +672,18 @@ class Sender:
             relay.pause(self._monotonic() + max(pauses))
 
     def _no_smtputf8(self, batch: list[_Pending]) -> None:
+        self._local_failure(
+            batch,
+            rule="local.smtputf8-not-offered",
+            text=(
+                f"{self.settings.host} does not offer SMTPUTF8, which this message needs "
+                "(an internationalised address); nothing was sent"
+            ),
+        )
+
+    def _local_failure(self, batch: list[_Pending], *, rule: str, text: str) -> None:
+        """The server lacks an extension the message needs: bounced before MAIL, with
+        nothing sent (a permanent protocol mismatch, not the recipients' fault)."""
         verdict = Verdict(
             code=None,
             status=None,
@@ -664,18 +693,13 @@ class Sender:
             suppress=False,
             scope="message",
             retry_after=None,
-            rule="local.smtputf8-not-offered",
+            rule=rule,
             stage="mail",
         )
+        decision_rule = rule.removeprefix("local.").removesuffix("-not-offered")
         for p in batch:
-            p.verdict, p.text = (
-                verdict,
-                (
-                    f"{self.settings.host} does not offer SMTPUTF8, which this message needs "
-                    "(an internationalised address); nothing was sent"
-                ),
-            )
-            p.decision = Decision(action="bounce", rule="smtputf8", retry=False, suppress=False)
+            p.verdict, p.text = verdict, text
+            p.decision = Decision(action="bounce", rule=decision_rule, retry=False, suppress=False)
 
     def _judge(self, p: _Pending, result: RecipientResult) -> None:
         verdict = result.verdict
