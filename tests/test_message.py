@@ -200,3 +200,30 @@ def test_eight_bit_and_smtputf8_flags() -> None:
 )
 def test_split_addresses(text: str, expected: list[str]) -> None:
     assert split_addresses(text) == expected
+
+
+def test_a_body_line_over_998_octets_is_re_encoded() -> None:
+    """RFC 5321 §4.5.3.1.6 (found in review): a legacy message's 5,000-octet line went out
+    as is; its part is now quoted-printable, and reads back the same."""
+    m = Message()
+    m["From"], m["To"] = "a@x.org", "b@x.org"
+    m.set_payload("x" * 5000 + "\n")
+    p = prepare_message(m)
+    assert max(len(line) for line in p.wire_data.split(b"\r\n")) <= 998
+    back = email.message_from_bytes(p.data, policy=email.policy.default)
+    assert back["Content-Transfer-Encoding"] == "quoted-printable"
+    payload = back.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    assert payload.rstrip(b"\r\n") == b"x" * 5000
+
+
+def test_a_long_line_that_cannot_be_re_encoded_is_a_message_error() -> None:
+    raw = b"From: a@x.org\r\nTo: b@x.org\r\n\r\n" + "ü".encode() * 600 + b"\r\n"
+    m = email.message_from_bytes(raw, policy=email.policy.default)
+    with pytest.raises(MessageError, match="longer than 998 octets"):
+        prepare_message(m)
+
+
+def test_short_lines_are_left_alone() -> None:
+    m = make("hello\n" * 3, From="a@x.org", To="b@x.org")
+    assert b"hello\r\nhello\r\nhello\r\n" in prepare_message(m).data

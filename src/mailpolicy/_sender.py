@@ -282,6 +282,7 @@ class Sender:
             allow_insecure_auth=allow_insecure_auth,
         )
         self._session = Session(self.settings, connection)
+        self._relay = self.settings.relay
         self._relays = relays if relays is not None else RELAYS
         self.store: Store | None = None if store is None else open_store(store)
         self._owns_store = isinstance(store, str)
@@ -296,7 +297,9 @@ class Sender:
 
     @property
     def relay(self) -> str:
-        return self.settings.relay
+        """The ``host:port`` this Sender's budgets, circuits and saved messages belong
+        to (host lower-cased; worked out once, it is read several times a send)."""
+        return self._relay
 
     @property
     def connection(self) -> smtplib.SMTP | None:
