@@ -370,19 +370,27 @@ def test_cli_worker_exits_nonzero_when_it_cannot_work(tmp_path: Path) -> None:
 
 
 class _Hooked:
-    """A real store with a hook run before ``record_attempt``: the place where another
-    worker, or another connection, gets between a worker's delivery and its record."""
+    """A real store with a hook run before one of its methods (``record_attempt`` by
+    default): the place where another worker, or another connection, gets between a
+    worker's delivery and what it writes afterwards."""
 
-    def __init__(self, store: Store, before_record: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, before: Callable[[], None], method: str = "record_attempt"
+    ) -> None:
         self._store = store
-        self._before_record = before_record
-
-    def record_attempt(self, *args: Any, **kwargs: Any) -> bool:
-        self._before_record()
-        return self._store.record_attempt(*args, **kwargs)
+        self._before = before
+        self._method = method
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        found = getattr(self._store, name)
+        if name != self._method:
+            return found
+
+        def hooked(*args: Any, **kwargs: Any) -> Any:
+            self._before()
+            return found(*args, **kwargs)
+
+        return hooked
 
 
 def _deferred(smtp_server: SMTPTestServer, store: Store, clock: FakeClock, *to: str) -> None:
@@ -426,12 +434,15 @@ def test_a_batch_claim_is_renewed_before_each_delivery(
     assert store.counts(now=clock.time())["delivered"] == 3
 
 
+@pytest.mark.parametrize("locked_at", ["record_attempt", "record_soft_bounce"])
 def test_a_locked_database_does_not_lose_a_delivery(
-    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock, locked_at: str
 ) -> None:
     """The server answered 250 after the final dot; another connection holds the write
-    lock past the busy timeout. The worker waits (on its injected sleep) and records the
-    delivery, instead of raising and leaving the message to be sent again."""
+    lock past the busy timeout, when the attempt is recorded or when a soft bounce of the
+    co-recipient is counted for the suppression list. The worker waits (on its injected
+    sleep) and records the delivery, instead of raising and leaving the message to be
+    sent again when the lease expires."""
     import sqlite3
 
     import structlog
@@ -439,6 +450,8 @@ def test_a_locked_database_does_not_lose_a_delivery(
     path = tmp_path / "locked.sqlite3"
     store = open_store(f"sqlite:///{path}?timeout=0.05")
     _deferred(smtp_server, store, clock, "ann@example.org", "bob@example.org")
+    if locked_at == "record_soft_bounce":
+        smtp_server.script.rcpt("bob@example.org", "452 4.2.2 Mailbox full")
     blocker = sqlite3.connect(path, isolation_level=None)
     locked: list[bool] = []
 
@@ -453,16 +466,19 @@ def test_a_locked_database_does_not_lose_a_delivery(
             blocker.execute("COMMIT")  # the other connection finishes while we wait
 
     worker = Worker(
-        _Hooked(store, lock_once), smtp_server.host, smtp_server.port,
+        _Hooked(store, lock_once, locked_at), smtp_server.host, smtp_server.port,
         security="none", clock=clock.time, monotonic=clock.now, sleep=sleep,
         relays=RelayRegistry(),
     )  # fmt: skip
     with structlog.testing.capture_logs() as logs:
         stats = worker.run_once()
     blocker.close()
-    assert (stats.delivered, stats.leases_lost) == (2, 0)
-    assert len(smtp_server.messages) == 2
-    assert store.counts(now=clock.time())["delivered"] == 2
+    delivered = 2 if locked_at == "record_attempt" else 1
+    assert (stats.delivered, stats.leases_lost) == (delivered, 0)
+    assert len(smtp_server.messages) == delivered  # one copy each: nothing sent twice
+    assert store.counts(now=clock.time())["delivered"] == delivered
+    if locked_at == "record_soft_bounce":  # and the soft bounce was counted after all
+        assert store.record_soft_bounce("bob@example.org", now=clock.time(), window=3600) == 2
     busy = [e for e in logs if e["event"] == "mail.worker.store_busy"]
     assert len(busy) == 1, busy
     assert "database is locked" in busy[0]["error"]

@@ -619,3 +619,35 @@ def test_re_encoding_ignores_the_process_wide_charset_registry(
     m.set_content("Grüße aus Köln\n")
     assert sender_for(smtp_server).send(m).outcomes[0].state == "delivered"
     assert smtp_server.messages[0].data.isascii()
+
+
+def test_open_after_a_send_is_not_cut_by_that_sends_deadline(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], tmp_path: Any
+) -> None:
+    """Found in review: the deadline of a send() stayed on the connection settings, so
+    an explicit open() after it had passed timed out at once (about 1 ms)."""
+    import time as real_time
+
+    from mailpolicy import load_policy
+    from mailpolicy.testing import Delay
+
+    policy_file = tmp_path / "short.toml"
+    policy_file.write_text(_ONE_SECOND)
+    s = sender_for(smtp_server, policy=load_policy(policy_file))
+    assert s.send(message("ann@example.org")).outcomes[0].state == "delivered"
+    s.close()
+    real_time.sleep(1.1)  # past that send's deadline (real time: socket timeouts are)
+    smtp_server.script.greeting(Delay(0.1))
+    s.open()  # raised StageError (connect: timeout)
+    assert s.connection is not None
+
+
+def test_smtputf8_implies_8bitmime(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """RFC 6531 §3.1: a server offering SMTPUTF8 takes 8-bit data even if it does not
+    list 8BITMIME (found in review: such a message was bounced locally)."""
+    smtp_server.script.ehlo("250-mx.test\n250 SMTPUTF8")
+    (o,) = sender_for(smtp_server).send(message("josé@example.org")).outcomes
+    assert o.state == "delivered", o
+    assert len(smtp_server.messages) == 1

@@ -133,3 +133,9 @@ def worker_lease_lost(**fields: Any) -> None:
 def worker_store_busy(**fields: Any) -> None:
     """Recording an attempt found the database locked; the worker waits and retries."""
     _logger().warning("mail.worker.store_busy", **fields)
+
+
+def worker_suppression_failed(**fields: Any) -> None:
+    """A dead address could not be added to the suppression list (the store stayed
+    locked); the attempt itself was recorded."""
+    _logger().warning("mail.worker.suppression_failed", **fields)

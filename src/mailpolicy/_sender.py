@@ -567,14 +567,19 @@ class Sender:
             delivered = any(p.decision and p.decision.action == "deliver" for p in pending)
             return _AttemptOutcome(_DONE if delivered else _STOP)
 
-        InlineRetrier(
-            inline,
-            clock=self._monotonic,
-            sleep=self._sleep,
-            rng=self._rng,
-            relay=relay,
-            budget=policy.budget,
-        ).run(attempt)
+        try:
+            InlineRetrier(
+                inline,
+                clock=self._monotonic,
+                sleep=self._sleep,
+                rng=self._rng,
+                relay=relay,
+                budget=policy.budget,
+            ).run(attempt)
+        finally:
+            # The deadline belongs to this send(): a later open() (or the worker's
+            # attempt) on the same connection waits the plain per-command timeouts.
+            self._session.settings = self.settings
         now = self._clock()
         for p in pending:
             outcomes[p.recipient] = self._finish(p, first_failure_at or now, now)
@@ -610,7 +615,7 @@ class Sender:
                         return
                     use_utf8 = False
                 outgoing = prepared
-                if prepared.eight_bit and not self._session.supports("8bitmime"):
+                if prepared.eight_bit and not use_utf8 and not self._session.supports("8bitmime"):
                     # RFC 6152 §3: no 8-bit data to a server without 8BITMIME (SMTPUTF8
                     # implies it, RFC 6531 §3.1). Re-encoded as 7-bit MIME, or not sent.
                     converted = seven_bit(prepared)

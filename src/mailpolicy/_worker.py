@@ -28,6 +28,7 @@ from . import _events as events
 from ._address import check_address
 from ._errors import InvalidInputError, MailPolicyError
 from ._message import PreparedMessage, wire_bytes
+from ._outcome import RecipientOutcome
 from ._policy import Policy
 from ._policy_load import load_policy
 from ._relaystate import RELAYS, RelayRegistry
@@ -286,10 +287,11 @@ class Worker:
             sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
             sender._apply_throttle(pending, relay)
         now = self._clock()
+        finished: list[tuple[str, RecipientOutcome]] = []
         for stored, p in zip(due, pending, strict=True):
             history = [a.at for a in self.store.journal(recipient_key=stored.key)]
             outcome = sender._finish(p, stored.first_failure_at or now, now, [*history, now])
-            sender._suppress_if_dead(self.store, p.wire, outcome, now)
+            finished.append((p.wire, outcome))
             self.stats.count(outcome.state)
             updates.append(
                 RecipientUpdate(
@@ -345,3 +347,13 @@ class Worker:
             events.worker_lease_lost(
                 message_id=claim.message.message_id, worker=self.owner, when="recording"
             )
+        # Only then the suppression list: the attempt is safe in the journal, so a list
+        # that stays locked costs at worst one more attempt at a dead address later,
+        # never a second copy to a recipient who accepted the message.
+        for wire, outcome in finished:
+            try:
+                recording(sender._suppress_if_dead, self.store, wire, outcome, now)
+            except StoreError as exc:
+                events.worker_suppression_failed(
+                    message_id=claim.message.message_id, worker=self.owner, error=str(exc)
+                )
