@@ -115,8 +115,8 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval (95% by default) of a proportion ``hits / n``.
 
     The splits are small (the held-out third has about 65 suppressions), so a point
-    figure alone overstates what is known: 59 of 65 is 0.908, but anything from about
-    0.81 to 0.96 fits it. Wilson's interval is used because it stays inside [0, 1] and
+    figure alone overstates what is known: 59 of 64 is 0.922, but anything from about
+    0.83 to 0.97 fits it. Wilson's interval is used because it stays inside [0, 1] and
     behaves near 1 (Brown, Cai & DasGupta, "Interval Estimation for a Binomial
     Proportion", Statistical Science 16(2), 2001)."""
     if n == 0:

@@ -327,6 +327,10 @@ NOT_A_DEAD_ADDRESS: list[tuple[str, Stage | None]] = [
     ("550 Reverse-path user could not be found", "rcpt"),
     ("554 5.7.1 Message rejected: your sending account has been closed", "end_of_data"),
     ("550 5.7.1 Message rejected: SMTP user is inactive", "end_of_data"),
+    # a policy status (X.7.x) outweighs a generic dead-address phrase
+    ("550 5.7.1 Sender account does not exist", "rcpt"),
+    ("550 5.7.1 Authenticated user unknown", "rcpt"),
+    ("554 5.7.0 Your account does not exist on this relay", None),
     ("550 5.7.1 Your account has been closed", "rcpt"),
     ("550 Your account has been terminated", None),
 ]  # fmt: skip

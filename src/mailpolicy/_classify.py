@@ -211,6 +211,11 @@ def classify_parsed(
     # A weak (generic phrase) rule yields to a firm enhanced status: "550 5.1.1" with a
     # stray "Return-Path:" in a quoted DSN is still an unknown user.
     firm_status = status_rule is not None and status_rule.firm
+    # A security or policy status (X.7.x; X.7.13 is a disabled recipient account) says a
+    # policy refused us: a generic dead-address phrase beside it may name our own account,
+    # user or sender ("550 5.7.1 Sender account does not exist"), and such a reply would
+    # answer every RCPT alike. The status decides, not the phrase.
+    policy_status = status_s[2:4] == "7." and status_s[4:] != "13"
 
     rule: Rule | None = None
     words = words_of(parsed.lowered)
@@ -223,7 +228,7 @@ def classify_parsed(
             if i != examined:
                 examined = i
                 r = text_rules[i]
-                if firm_status and r.weak:
+                if r.weak and (firm_status or (policy_status and r.reason in DEAD_ADDRESS_REASONS)):
                     applies = False
                     continue
                 if r.hosts and host_unknown:
