@@ -651,3 +651,57 @@ def test_smtputf8_implies_8bitmime(
     (o,) = sender_for(smtp_server).send(message("josé@example.org")).outcomes
     assert o.state == "delivered", o
     assert len(smtp_server.messages) == 1
+
+
+def test_a_reply_fed_one_line_at_a_time_cannot_outlast_the_deadline(tmp_path: Any) -> None:
+    """Research T-18 (found in review): smtplib restarts the socket timeout on every line
+    of a reply, so a server answering RCPT with "250-" lines 0.3 s apart held a 1 s
+    send() for as long as it liked. The whole reply is now bounded by the deadline. (A
+    raw socket server: the test server writes a reply at once.)"""
+    import socket
+    import threading
+    import time as real_time
+
+    from mailpolicy import load_policy
+
+    policy_file = tmp_path / "short.toml"
+    policy_file.write_text(_ONE_SECOND)
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as commands:
+            conn.sendall(b"220 drip ESMTP\r\n")
+            while line := commands.readline():
+                verb = line[:4].upper()
+                if verb == b"RCPT":
+                    for _ in range(10):  # 3 s in all, unless the client gives up
+                        if stop.is_set():
+                            return
+                        conn.sendall(b"250-still thinking\r\n")
+                        real_time.sleep(0.3)
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        sender = Sender(
+            "127.0.0.1", listener.getsockname()[1], security="none",
+            policy=load_policy(policy_file), relays=RelayRegistry(), local_hostname="c.test",
+        )  # fmt: skip
+        started = real_time.monotonic()
+        (o,) = sender.send(message("ann@example.org")).outcomes
+        elapsed = real_time.monotonic() - started
+        sender.close()
+    finally:
+        stop.set()
+        listener.close()
+        server.join(timeout=5)
+    assert (o.state, o.reason) == ("deferred", "timeout"), o
+    assert elapsed < 1.5, elapsed

@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from ._classify import Verdict, classify, classify_error, success_verdict
 from ._errors import MailPolicyError
@@ -29,6 +29,58 @@ Security = Literal["starttls", "ssl", "none"]
 SECURITY_MODES: Final[tuple[Security, ...]] = ("starttls", "ssl", "none")
 
 T = TypeVar("T")
+
+
+class _DeadlineFile:
+    """The reader smtplib takes replies from, bounding a whole reply by the connection's
+    ``reply_deadline``: smtplib reads a reply line by line and every line restarts the
+    socket timeout, so a server feeding a multi-line reply one line a second could hold a
+    send() past its deadline for as long as it liked (research/validation-security.md,
+    T-18). Before each line the socket's timeout is cut to what is left; none left is a
+    timeout, as if the socket had timed out."""
+
+    def __init__(self, raw: Any, conn: _SMTP) -> None:
+        self._raw = raw
+        self._conn = conn
+
+    def readline(self, limit: int = -1) -> bytes:
+        deadline, sock = self._conn.reply_deadline, self._conn.sock
+        if deadline is not None and sock is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the reply did not complete before the deadline")
+            current = sock.gettimeout()
+            if current is None or current > left:
+                sock.settimeout(left)
+        line: bytes = self._raw.readline(limit)
+        return line
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP whose replies are read through :class:`_DeadlineFile`."""
+
+    def __init__(self, *args: Any, reply_deadline: float | None = None, **kwargs: Any) -> None:
+        self.reply_deadline = reply_deadline  # before connecting: the greeting is a reply
+        super().__init__(*args, **kwargs)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = _DeadlineFile(self.sock.makefile("rb"), self)
+        return super().getreply()
+
+
+class _SMTPS(_SMTP, smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL whose replies are read through :class:`_DeadlineFile` (the MRO
+    puts SMTP_SSL's ``__init__`` and connect after :class:`_SMTP`'s)."""
+
+
+def _set_reply_deadline(conn: smtplib.SMTP, deadline: float | None) -> None:
+    # A connection handed over by the caller is a plain smtplib.SMTP: per-line timeouts.
+    if isinstance(conn, _SMTP):
+        conn.reply_deadline = deadline
 
 
 @functools.cache
@@ -197,11 +249,12 @@ class Session:
         if s.security == "ssl":
             conn = self._step(
                 "connect",
-                lambda: smtplib.SMTP_SSL(
+                lambda: _SMTPS(
                     s.host,
                     s.port,
                     local_hostname=local,
                     timeout=s.wait_for(s.timeout),
+                    reply_deadline=s.deadline_at,
                     context=context,
                 ),
             )
@@ -210,7 +263,13 @@ class Session:
             # SMTPConnectError with the server's reply.
             conn = self._step(
                 "connect",
-                lambda: smtplib.SMTP(s.host, s.port, local, timeout=s.wait_for(s.timeout)),
+                lambda: _SMTP(
+                    s.host,
+                    s.port,
+                    local,
+                    timeout=s.wait_for(s.timeout),
+                    reply_deadline=s.deadline_at,
+                ),
             )
         self.connection = conn
         self._fresh = True
@@ -230,7 +289,9 @@ class Session:
 
     def _arm(self, conn: smtplib.SMTP) -> None:
         """Set the socket's timeout for the next command: the per-command timeout, cut
-        to what is left of the in-request deadline (DESIGN.md §4)."""
+        to what is left of the in-request deadline (DESIGN.md §4), which also bounds the
+        whole reply however slowly its lines come."""
+        _set_reply_deadline(conn, self.settings.deadline_at)
         if conn.sock is not None:
             conn.sock.settimeout(self.settings.wait_for(self.settings.timeout))
 
@@ -399,6 +460,8 @@ class Session:
                 eod = self.settings.end_of_data_timeout
                 if self.settings.end_of_data_within_deadline:
                     eod = self.settings.wait_for(eod)
+                else:  # the whole RFC 5321 wait, not the request's deadline
+                    _set_reply_deadline(conn, None)
                 sock.settimeout(eod)
             code, reply = conn.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
