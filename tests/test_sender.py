@@ -635,6 +635,8 @@ def test_open_after_a_send_is_not_cut_by_that_sends_deadline(
     policy_file.write_text(_ONE_SECOND)
     s = sender_for(smtp_server, policy=load_policy(policy_file))
     assert s.send(message("ann@example.org")).outcomes[0].state == "delivered"
+    # nor does the open connection bound its replies (a later QUIT) by that deadline
+    assert getattr(s.connection, "reply_deadline", "missing") is None
     s.close()
     real_time.sleep(1.1)  # past that send's deadline (real time: socket timeouts are)
     smtp_server.script.greeting(Delay(0.1))

@@ -577,9 +577,9 @@ class Sender:
                 budget=policy.budget,
             ).run(attempt)
         finally:
-            # The deadline belongs to this send(): a later open() (or the worker's
-            # attempt) on the same connection waits the plain per-command timeouts.
-            self._session.settings = self.settings
+            # The deadline belongs to this send(): a later open(), QUIT or the worker's
+            # attempt on the same connection waits the plain per-command timeouts.
+            self._session.end_request(self.settings)
         now = self._clock()
         for p in pending:
             outcomes[p.recipient] = self._finish(p, first_failure_at or now, now)

@@ -197,6 +197,13 @@ class Session:
     def is_open(self) -> bool:
         return self.connection is not None and getattr(self.connection, "sock", None) is not None
 
+    def end_request(self, settings: ConnectionSettings) -> None:
+        """Back to ``settings`` (without a request's deadline) after a send(); the open
+        connection, if any, stops bounding replies by that deadline."""
+        self.settings = settings
+        if self.connection is not None:
+            _set_reply_deadline(self.connection, settings.deadline_at)
+
     def supports(self, extension: str) -> bool:
         return self.connection is not None and self.connection.has_extn(extension)
 
