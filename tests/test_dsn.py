@@ -871,3 +871,111 @@ def test_leading_blank_lines_comments_and_continuations_in_fields() -> None:
     )
     (r,) = report.recipients
     assert (r.final_recipient, r.action, r.status) == ("a@b.example", "failed", None)
+
+
+# --- intake: what goes on the suppression list (found in review) -------------------------
+
+
+def _report(*blocks: str, notice: str = "This is the mail system.") -> bytes:
+    """A Postfix-shaped DSN with these per-recipient blocks (blank-line separated)."""
+    status = "\n\n".join(("Reporting-MTA: dns; mx.example.com", *blocks))
+    return (
+        "From: MAILER-DAEMON@mx.example.com\nTo: app@example.com\nSubject: Undelivered\n"
+        "MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; "
+        'boundary="BB"\n\n--BB\nContent-Type: text/plain\n\n'
+        f"{notice}\n\n--BB\nContent-Type: message/delivery-status\n\n{status}\n\n--BB--\n"
+    ).encode()
+
+
+def _hard(address: str) -> str:
+    return (
+        f"Final-Recipient: rfc822; {address}\nAction: failed\nStatus: 5.1.1\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 user unknown"
+    )
+
+
+@pytest.fixture
+def dsn_store(tmp_path: Path) -> Any:
+    from mailpolicy._store import open_store
+
+    with open_store(f"sqlite:///{tmp_path / 'dsn.sqlite3'}") as store:
+        yield store
+
+
+def test_a_bounce_for_a_unicode_domain_suppresses_what_a_send_looks_up(dsn_store: Any) -> None:
+    """send() looks the list up by the wire form (IDNA A-label domain); intake stored the
+    Unicode form, so the dead address was never blocked."""
+    from mailpolicy._dsn import intake_dsn
+
+    (v,) = intake_dsn(parse_dsn(load("utf8-global.eml")), store=dsn_store, now=1e9)
+    assert v.suppression == "added"
+    assert dsn_store.suppressed("jürgen@xn--mnchen-3ya.example", now=1e9) is not None
+    assert dsn_store.suppressed("Jürgen@München.example", now=1e9) is not None
+
+
+def test_reading_a_bounce_never_rewrites_an_entry_already_there(dsn_store: Any) -> None:
+    from mailpolicy._dsn import intake_dsn
+
+    dsn_store.add_suppression(
+        "f@example.org", reason="mailbox_moved", now=1e9, ttl=None, text="added by hand"
+    )
+    data = _report(_hard("f@example.org"), _hard("g@example.org"), _hard("G@example.org"))
+    verdicts = intake_dsn(parse_dsn(data), store=dsn_store, now=2e9)
+    assert [v.suppression for v in verdicts] == ["already", "added", "already"]
+    entry = dsn_store.suppressed("f@example.org", now=2e9)
+    assert (entry.reason, entry.expires_at, entry.text) == ("mailbox_moved", None, "added by hand")
+
+
+def test_intake_says_what_it_did_without_a_store() -> None:
+    from mailpolicy._dsn import intake_dsn
+
+    data = parse_dsn(_report(_hard("f@example.org")))
+    assert [v.suppression for v in intake_dsn(data, now=1e9)] == ["no store"]
+
+
+def test_a_unicode_destinations_suppression_ttl_applies(dsn_store: Any, tmp_path: Path) -> None:
+    from mailpolicy._dsn import intake_dsn
+
+    policy_file = tmp_path / "idn.toml"
+    policy_file.write_text(
+        'schema = 1\nname = "idn"\nextends = "default"\n[[destinations]]\nname = "munich"\n'
+        'domains = ["xn--mnchen-3ya.example"]\n[destinations.suppression]\nttl = "7d"\n'
+    )
+    intake_dsn(
+        parse_dsn(load("utf8-global.eml")), store=dsn_store, policy=load_policy(policy_file),
+        now=1e9,
+    )  # fmt: skip
+    entry = dsn_store.suppressed("jürgen@xn--mnchen-3ya.example", now=1e9)
+    assert entry.expires_at == 1e9 + 7 * 86400
+
+
+def test_a_block_with_two_recipients_is_read_as_two() -> None:
+    """A generator that leaves out the blank line: the second Final-Recipient starts the
+    second recipient (its Original-Recipient with it); the first one was suppressed on the
+    second one's evidence, and the second one lost."""
+    block = (
+        "Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 4.4.7\n"
+        "Original-Recipient: rfc822; B@example.org\n" + _hard("b@example.org")
+    )
+    a, b = judge_dsn(parse_dsn(_report(block)))
+    assert (a.recipient, a.suppress, a.dsn.status) == ("a@example.org", False, "4.4.7")
+    assert (b.recipient, b.suppress, b.dsn.original_recipient) == (
+        "b@example.org", True, "B@example.org",
+    )  # fmt: skip
+
+
+def test_a_final_recipient_with_a_display_name_is_its_address() -> None:
+    (r,) = parse_dsn(_report(_hard("John Doe <john@example.org>"))).recipients
+    assert r.final_recipient == "john@example.org"
+
+
+def test_each_recipient_gets_its_own_paragraph_of_the_notice() -> None:
+    notice = (
+        "intro\n\n<b@example.org>: host said: 550 b unknown\n\n"
+        "a@example.org\n    mailbox unknown\n\n<a@example.org>: later, not this one"
+    )
+    a, b = parse_dsn(
+        _report(_hard("a@example.org"), _hard("b@example.org"), notice=notice)
+    ).recipients
+    assert a.explanation == "a@example.org mailbox unknown"
+    assert b.explanation == "<b@example.org>: host said: 550 b unknown"

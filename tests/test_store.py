@@ -840,6 +840,15 @@ def test_suppression_addresses_are_lower_cased_whole() -> None:
     assert normalise_address("  <John.Doe@Example.COM>") == "john.doe@example.com"
 
 
+def test_suppression_keys_take_the_domain_as_sent_on_the_wire() -> None:
+    """The sender looks addresses up with an IDNA 2008 A-label domain; a bounce or an
+    operator may write the Unicode form. Both are one entry; an invalid name stays as
+    written."""
+    assert normalise_address("Jürgen@München.example") == "jürgen@xn--mnchen-3ya.example"
+    assert normalise_address("jürgen@xn--mnchen-3ya.example") == "jürgen@xn--mnchen-3ya.example"
+    assert normalise_address("a@bad_\u2620.example") == "a@bad_\u2620.example"
+
+
 def test_soft_bounces_are_counted_within_the_window(store: SQLiteStore) -> None:
     window = 7 * 86400.0
     counts = [

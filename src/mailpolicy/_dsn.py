@@ -32,17 +32,22 @@ from datetime import datetime
 from email.message import Message
 from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 
+import idna
+
 from . import _events as events
 from ._classify import Verdict, classify_parsed, decide_on, default_policy
 from ._errors import InvalidInputError, MailPolicyError
 from ._policy import Decision, Policy
 from ._reply import MAX_SCAN, ParsedReply, parse_reply
+from ._store import normalise_address
 from ._vocab import Kind, Reason, Stage
 
 if TYPE_CHECKING:
     from ._store import Store
 
 DsnAction = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
+#: What intake_dsn did about a suppress decision (DsnVerdict.suppression).
+DsnIntake = Literal["added", "already", "no store", "disabled", ""]
 #: The RFC 3464 §2.3.3 action values, in the order the RFC lists them.
 DSN_ACTIONS: Final[tuple[DsnAction, ...]] = get_args(DsnAction)
 
@@ -145,9 +150,9 @@ class DsnRecipient:
         domain = self.final_recipient.rpartition("@")[2].lower().rstrip(".")
         if domain.isascii():
             return domain
-        try:
-            return domain.encode("idna").decode("ascii")
-        except UnicodeError:
+        try:  # IDNA 2008 with UTS 46, as the sender writes domains on the wire
+            return idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
             return domain
 
     def field(self, name: str) -> str | None:
@@ -213,7 +218,11 @@ class DsnVerdict:
     policy's, as for every Verdict), ``decision`` the given policy's decision, and
     ``suppress`` whether to put the address on the suppression list: only for ``failed``
     with the policy's suppress decision (a dead-address reason with recipient evidence).
-    ``dsn`` is the parsed per-recipient block.
+    ``dsn`` is the parsed per-recipient block. ``suppression`` says what
+    :func:`intake_dsn` did about ``suppress``: ``"added"`` to the list, ``"already"`` (the
+    address was on it: its entry is left as it was), ``"no store"`` (nothing to write
+    to), ``"disabled"`` (the policy's suppression is off), or ``""`` (nothing to do, or
+    not taken in).
     """
 
     recipient: str
@@ -223,6 +232,7 @@ class DsnVerdict:
     decision: Decision
     suppress: bool
     dsn: DsnRecipient = field(repr=False)
+    suppression: DsnIntake = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping: the fields, the verdict and decision as mappings."""
@@ -231,6 +241,7 @@ class DsnVerdict:
             "dsn_action": self.dsn_action,
             "state": self.state,
             "suppress": self.suppress,
+            "suppression": self.suppression,
             "verdict": self.verdict.to_dict(),
             "decision": self.decision.to_dict(),
             "dsn": self.dsn.to_dict(),
@@ -280,8 +291,10 @@ def _address(value: str | None) -> str | None:
     if '"' not in address:
         address = _squeeze(_COMMENT.sub(" ", address))
     address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1].strip()
+    open_at, close_at = address.rfind("<"), address.rfind(">")
+    if 0 <= open_at < close_at:
+        # "<a@x>", or a display name some generators put there: "John Doe <a@x>"
+        address = address[open_at + 1 : close_at].strip()
     if kind == "utf-8" and "\\x{" in address:
         address = _UNICODE_ESCAPE.sub(_unescape, address)
     local, at, domain = address.rpartition("@")
@@ -377,6 +390,31 @@ def _blocks(text: str) -> list[list[tuple[str, str]]]:
     if current:
         blocks.append(current)
     return blocks
+
+
+def _one_recipient_each(
+    blocks: list[list[tuple[str, str]]],
+) -> list[list[tuple[str, str]]]:
+    """Per-recipient blocks, one recipient each: a block with a second Final-Recipient
+    (a generator that left out the blank line) is split there, an Original-Recipient
+    right before it going with it. Otherwise the second recipient's Status and
+    Diagnostic-Code would be read as the first one's, and the second one lost."""
+    out: list[list[tuple[str, str]]] = []
+    for pairs in blocks:
+        current: list[tuple[str, str]] = []
+        seen_final = False
+        for name, value in pairs:
+            if name.lower() == "final-recipient":
+                if seen_final:
+                    carried = []
+                    if current and current[-1][0].lower() == "original-recipient":
+                        carried = [current.pop()]
+                    out.append(current)
+                    current = carried
+                seen_final = True
+            current.append((name, value))
+        out.append(current)
+    return out
 
 
 def _payload_bytes(part: Message) -> bytes:
@@ -524,18 +562,35 @@ def _notice_paragraphs(report: Message) -> list[str]:
     return []
 
 
-def _explanation(paragraphs: list[str], address: str) -> str | None:
+#: Paragraphs of a notice by what their first line names, with their position.
+ParagraphIndex = dict[str, tuple[int, str]]
+
+
+def _paragraph_index(paragraphs: list[str]) -> ParagraphIndex:
+    """Each paragraph under its lower-cased first line, and under the ``<addr>`` it
+    starts with, if any; the first paragraph wins. Built once a report: looking each
+    recipient up in the list instead made a bounce with many recipients and many
+    paragraphs cost their product."""
+    index: ParagraphIndex = {}
+    for position, paragraph in enumerate(paragraphs):
+        first = paragraph.strip().split("\n", 1)[0].strip().lower()
+        index.setdefault(first, (position, paragraph))
+        if first.startswith("<") and ">" in first:
+            index.setdefault(first[: first.index(">") + 1], (position, paragraph))
+    return index
+
+
+def _explanation(index: ParagraphIndex, address: str) -> str | None:
     """The paragraph about ``address``: Postfix ``<addr>: ...`` or ``<addr> (expanded
     from ...): ...``, Exim ``addr`` alone on the first line."""
     wanted = address.lower()
-    for paragraph in paragraphs:
-        first = paragraph.strip().split("\n", 1)[0].strip().lower()
-        if first == wanted or first.startswith(f"<{wanted}>"):
-            return _squeeze(paragraph)[:MAX_SCAN]
-    return None
+    found = [hit for hit in (index.get(wanted), index.get(f"<{wanted}>")) if hit is not None]
+    if not found:
+        return None
+    return _squeeze(min(found)[1])[:MAX_SCAN]
 
 
-def _recipient(block: _Block, number: int, paragraphs: list[str]) -> DsnRecipient:
+def _recipient(block: _Block, number: int, paragraphs: ParagraphIndex) -> DsnRecipient:
     final = _address(block.get("final-recipient"))
     if final is None:
         raise DsnError(f"per-recipient block {number} has no Final-Recipient address")
@@ -616,9 +671,9 @@ def _parse(message: Message) -> DeliveryStatusReport:
     if blocks and "final-recipient" not in names[0]:
         for name, value in blocks.pop(0):
             per_message.add(name, value)
-    paragraphs = _notice_paragraphs(report)
+    paragraphs = _paragraph_index(_notice_paragraphs(report))
     recipients: list[DsnRecipient] = []
-    for number, pairs in enumerate(blocks, start=1):
+    for number, pairs in enumerate(_one_recipient_each(blocks), start=1):
         block = _Block(_RECIPIENT_FIELDS)
         for name, value in pairs:
             block.add(name, _text(value))
@@ -781,6 +836,37 @@ def judge_dsn(report: DeliveryStatusReport, *, policy: Policy | None = None) -> 
     return verdicts
 
 
+def _take_in(
+    v: DsnVerdict, store: Store | None, policy: Policy, when: float, added: set[str]
+) -> DsnIntake:
+    """Put a recipient the policy suppresses on the list, unless there is no store, the
+    policy's suppression is off for its destination, or it is already listed (an entry
+    already there, an operator's or a longer one, is never shortened or reworded by
+    reading another bounce; an address twice in one report is added once)."""
+    # The destination that made the decision (judge_dsn decides on the IDNA domain).
+    destination = policy.destination_for(v.dsn.domain)
+    suppression = policy.suppression if destination is None else destination.suppression
+    if store is None:
+        return "no store"
+    if not suppression.enabled:
+        return "disabled"
+    key = normalise_address(v.recipient)
+    if key in added or store.suppressed(v.recipient, now=when) is not None:
+        return "already"
+    store.add_suppression(
+        v.recipient,
+        reason=v.verdict.reason,
+        now=when,
+        ttl=suppression.ttl,
+        code=v.verdict.code,
+        status=v.verdict.status,
+        text=v.dsn.diagnostic_code or "",
+        policy=policy.name,
+    )
+    added.add(key)
+    return "added"
+
+
 def intake_dsn(
     report: DeliveryStatusReport,
     *,
@@ -794,24 +880,14 @@ def intake_dsn(
     never suppresses), and one ``mail.dsn`` event is emitted per recipient. ``source``
     (a file name) goes into the events."""
     policy = policy or default_policy()
-    verdicts = judge_dsn(report, policy=policy)
     when = time.time() if now is None else now
-    for v in verdicts:
-        suppressed = False
-        destination = policy.destination_for(v.recipient.rpartition("@")[2])
-        suppression = policy.suppression if destination is None else destination.suppression
-        if v.suppress and store is not None and suppression.enabled:
-            store.add_suppression(
-                v.recipient,
-                reason=v.verdict.reason,
-                now=when,
-                ttl=suppression.ttl,
-                code=v.verdict.code,
-                status=v.verdict.status,
-                text=v.dsn.diagnostic_code or "",
-                policy=policy.name,
-            )
-            suppressed = True
+    verdicts: list[DsnVerdict] = []
+    added: set[str] = set()  # an address listed twice in one report is suppressed once
+    for judged in judge_dsn(report, policy=policy):
+        done = _take_in(judged, store, policy, when, added) if judged.suppress else ""
+        v = replace(judged, suppression=done)
+        verdicts.append(v)
+        suppressed = done == "added"
         events.dsn(
             v.state,
             source=source,

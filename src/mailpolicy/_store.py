@@ -26,10 +26,13 @@ import re
 import socket
 import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self, runtime_checkable
 from urllib.parse import parse_qsl, unquote
+
+import idna
 
 from ._errors import InvalidInputError, MailPolicyError
 from ._message import PreparedMessage
@@ -72,7 +75,15 @@ def normalise_address(address: str) -> str:
     """
     if not isinstance(address, str):
         raise InvalidInputError(f"an address must be a str, not {type(address).__name__}")
-    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
+    key = address.strip().removeprefix("<").removesuffix(">").strip().lower()
+    local, at, domain = key.rpartition("@")
+    if at and not domain.isascii():
+        # The domain as the sender writes it on the wire (IDNA 2008 A-labels), so that a
+        # bounce or an operator naming "jürgen@münchen.example" suppresses what a send
+        # looks up ("jürgen@xn--mnchen-3ya.example").
+        with suppress(idna.IDNAError):  # not a valid IDNA name: kept as written
+            key = f"{local}@{idna.encode(domain.rstrip('.'), uts46=True).decode('ascii')}"
+    return key
 
 
 # --- records --------------------------------------------------------------------------------
