@@ -72,6 +72,32 @@ def test_classify_jsonl_each_line_answered_bad_lines_included() -> None:
     assert out[7]["reason"] == "rate_limited"
 
 
+def test_classify_jsonl_survives_a_line_nested_too_deeply() -> None:
+    """Found in review: '[' x 100000 raised RecursionError out of the loop."""
+    stdin = b'"550 5.1.1 no such user"\n' + b"[" * 100_000 + b'\n"421 4.3.2 bye"\n'
+    p = run("classify", "--jsonl", stdin=stdin)
+    assert p.returncode == 0, p.stderr
+    out = [json.loads(line) for line in p.stdout.decode().splitlines()]
+    assert [o.get("error", o.get("reason")) for o in out] == [
+        "mailbox_unknown", "the JSON value is nested too deeply", "service_unavailable",
+    ]  # fmt: skip
+
+
+def test_classify_jsonl_with_standard_input_closed() -> None:
+    import os
+
+    p = subprocess.run(
+        [sys.executable, "-m", "mailpolicy", "classify", "--jsonl"],
+        preexec_fn=lambda: os.close(0),
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert p.returncode == 1
+    assert b"Traceback" not in p.stderr
+    assert b"standard input, which is closed" in p.stderr
+
+
 def test_classify_jsonl_default_stage() -> None:
     p = run("classify", "--jsonl", "--stage", "mail", stdin=b'"550 5.1.1 no such user"\n')
     assert json.loads(p.stdout)["reason"] == "sender_rejected"
@@ -138,3 +164,42 @@ def test_demo_runs() -> None:
     for needle in ("greylisted", "mailbox_unknown", "mailbox_full", "invalid", "ambiguous",
                    "mail.delivery"):  # fmt: skip
         assert needle in out
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--body-file", "/nonexistent/body.txt"), b"--body-file: [Errno 2]"),
+        (("--body-file", "BINARY"), b"--body-file is not UTF-8 text"),
+        (("--subject", "hi\nBcc: victim@example.org"), b"--from, --to or --subject:"),
+    ],
+)
+def test_send_bad_input_is_a_message_not_a_traceback(
+    args: tuple[str, ...], expected: bytes, tmp_path: Any
+) -> None:
+    binary = tmp_path / "body.bin"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    args = tuple(str(binary) if a == "BINARY" else a for a in args)
+    p = run("send", "--host", "127.0.0.1", "--port", "1", "--security", "none",
+            "--from", "a@example.com", "--to", "b@example.org", *args)  # fmt: skip
+    assert p.returncode == 1
+    assert b"Traceback" not in p.stderr
+    assert expected in p.stderr
+
+
+def test_dsn_without_a_store_says_it_would_suppress(tmp_path: Any) -> None:
+    """It printed "-> suppressed" though nothing was written anywhere."""
+    from pathlib import Path
+
+    bounce = Path(__file__).parent / "data" / "dsn" / "postfix-multi.eml"
+    p = run("dsn", str(bounce))
+    assert p.returncode == 0, p.stderr
+    assert b"-> would suppress (no --store)" in p.stdout
+    assert b"-> suppressed" not in p.stdout
+    store = f"sqlite:///{tmp_path / 's.sqlite3'}"
+    first, again = (
+        run("dsn", str(bounce), "--store", store),
+        run("dsn", str(bounce), "--store", store),
+    )
+    assert b"-> suppressed" in first.stdout
+    assert b"-> already suppressed" in again.stdout

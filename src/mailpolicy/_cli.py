@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from . import __version__
 from ._classify import Verdict, classify
@@ -33,6 +33,8 @@ def _cmd_classify(args: argparse.Namespace, out: TextIO) -> int:
     if args.jsonl:
         if args.replies:
             raise SystemExit("mailpolicy classify: --jsonl reads standard input; give no REPLY")
+        if sys.stdin is None:  # started with standard input closed
+            raise SystemExit("mailpolicy classify: --jsonl reads standard input, which is closed")
         return _classify_jsonl(sys.stdin.buffer, out, default_stage=args.stage)
     if not args.replies:
         raise SystemExit("mailpolicy classify: give at least one REPLY, or --jsonl")
@@ -62,6 +64,8 @@ def _classify_jsonl(stdin: Any, out: TextIO, *, default_stage: Stage | None) -> 
             result = classify(reply, stage=stage, host=host).to_dict()
         except (ValueError, MailPolicyError) as exc:
             result = {"error": str(exc), "line": number}
+        except RecursionError:  # "[[[[..." nested deeper than the JSON decoder goes
+            result = {"error": "the JSON value is nested too deeply", "line": number}
         out.write(json.dumps(result, ensure_ascii=False) + "\n")
     return 0
 
@@ -105,13 +109,21 @@ def _cmd_send(args: argparse.Namespace, out: TextIO) -> int:
             )
         password = os.environ[args.password_env]
     message = EmailMessage()
-    message["From"] = args.sender
-    message["To"] = ", ".join(args.to)
-    message["Subject"] = args.subject
+    try:
+        message["From"] = args.sender
+        message["To"] = ", ".join(args.to)
+        message["Subject"] = args.subject
+    except ValueError as exc:  # a CR or LF in a value: header injection
+        raise SystemExit(f"mailpolicy send: --from, --to or --subject: {exc}") from None
     body = args.body
     if args.body_file is not None:
-        with open(args.body_file, encoding="utf-8") as fh:
-            body = fh.read()
+        try:
+            with open(args.body_file, encoding="utf-8") as fh:
+                body = fh.read()
+        except OSError as exc:
+            raise SystemExit(f"mailpolicy send: --body-file: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise SystemExit(f"mailpolicy send: --body-file is not UTF-8 text: {exc}") from None
     message.set_content(body)
     with Sender(
         args.host,
@@ -318,7 +330,7 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
                 if args.json:
                     out.write(json.dumps({"file": name, **v.to_dict()}, default=str) + "\n")
                 else:
-                    flag = " -> suppressed" if v.suppress else ""
+                    flag = _INTAKE_FLAGS[v.suppression]
                     out.write(f"{name}: {v.recipient} {v.dsn_action} {v.verdict.reason}{flag}\n")
     finally:
         if show_progress:
@@ -326,6 +338,16 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
         if store is not None:
             store.close()
     return 1 if failures else 0
+
+
+#: What `mailpolicy dsn` prints after a recipient: what intake did (DsnVerdict.suppression).
+_INTAKE_FLAGS: Final[dict[str, str]] = {
+    "added": " -> suppressed",
+    "already": " -> already suppressed",
+    "no store": " -> would suppress (no --store)",
+    "disabled": " -> not suppressed (the policy's suppression is off)",
+    "": "",
+}
 
 
 def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
