@@ -609,6 +609,28 @@ def test_testing_records_instead_of_sending(
     assert (recorded["Subject"], recorded["From"]) == ("Your order", "Shop <shop@example.com>")
 
 
+def test_record_messages_with_an_app_factory_needs_no_app_context(
+    smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
+) -> None:
+    """docs/flask.md's test, with the factory pattern (init_app) and a test client: it
+    raised "Working outside of application context" (found in review)."""
+    mail = MailPolicy()
+    app = make_app(smtp_server, TESTING=True)
+    mail.init_app(app)
+
+    @app.post("/orders")
+    def order() -> str:
+        mail.send(message("ann@example.org"))
+        return "ok"
+
+    with mail.record_messages() as outbox:
+        app.test_client().post("/orders")
+    (recorded,) = outbox
+    assert isinstance(recorded, EmailMessage)
+    assert recorded["Subject"] == "Your order"
+    assert smtp_server.connections == 0
+
+
 def test_mail_suppress_send_wins_over_testing(
     smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
 ) -> None:
