@@ -608,3 +608,64 @@ def test_drop_at_starttls_and_auth(smtp_server_factory: Factory) -> None:
     client.close()
     assert [e.reply for e in auth_server.transcript if e.stage == "auth"] == [None]
     assert auth_server.auth_attempts == []
+
+
+# -- found in review: reset() mid-command, Delay vs idle timeout, lax RCPT, shorthands ----
+
+
+def test_reset_while_a_command_waits_breaks_nothing(smtp_server: SMTPTestServer) -> None:
+    """reset() during a scripted Delay used to kill the connection with an IndexError in
+    server.errors (the fixture then failed the test); connection ids restarted at 1."""
+    first = connect(smtp_server)
+    first.ehlo()
+    smtp_server.script.mail(Delay(0.5))
+    replies: list[tuple[int, bytes]] = []
+    waiting = threading.Thread(target=lambda: replies.append(first.mail("a@example.org")))
+    waiting.start()
+    time.sleep(0.2)
+    smtp_server.reset()
+    waiting.join(timeout=5)
+    assert replies[0][0] == 250
+    second = connect(smtp_server)
+    first.noop()
+    second.noop()
+    ids = {e.connection_id for e in smtp_server.transcript}
+    assert ids == {1, 2}  # the connection open across reset() keeps its own id
+    assert smtp_server.connections == 1
+    first.quit()
+    second.quit()
+    assert smtp_server.errors == []
+
+
+def test_a_delay_longer_than_the_idle_timeout_is_a_delay(smtp_server_factory: Factory) -> None:
+    server = smtp_server_factory(idle_timeout=0.3)
+    server.script.mail(Delay(0.6, "250 2.1.0 slow ok"))
+    client = connect(server)
+    client.ehlo()
+    assert client.mail("a@example.org") == (250, b"2.1.0 slow ok")
+    client.quit()
+
+
+def test_rcpt_addresses_without_angle_brackets(smtp_server: SMTPTestServer) -> None:
+    client = connect(smtp_server)
+    client.ehlo()
+    client.mail("a@example.org")
+    assert client.docmd("RCPT TO:bob@example.org")[0] == 250
+    client.rcpt("cat@example.org")
+    client.quit()
+    assert smtp_server.rcpt_addresses() == ["bob@example.org", "cat@example.org"]
+
+
+def test_delay_then_is_checked_and_every_stage_has_a_shorthand(
+    smtp_server: SMTPTestServer,
+) -> None:
+    with pytest.raises(TypeError, match="then must be a reply, DROP or DEFAULT"):
+        Delay(1, then=123)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Delay(1, then=Delay(2, "550 x"))  # type: ignore[arg-type]
+    smtp_server.script.helo("250 helo scripted").noop("250 noop scripted").rset("250 rset scripted")
+    client = connect(smtp_server)
+    assert client.helo()[1] == b"helo scripted"
+    assert client.noop() == (250, b"noop scripted")
+    assert client.rset() == (250, b"rset scripted")
+    client.quit()

@@ -167,7 +167,12 @@ class ScriptedSMTP(SMTP):
 
     async def _resolve(self, entry: Scripted) -> str | Action:
         if isinstance(entry, Delay):
+            # A scripted wait is the server thinking, not the client idling: the idle
+            # timeout must not turn a long Delay into a drop (it restarts afterwards).
+            if self._timeout_handle is not None:
+                self._timeout_handle.cancel()
             await asyncio.sleep(entry.seconds)
+            self._reset_timeout()
             return entry.then
         return entry
 

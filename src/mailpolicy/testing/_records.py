@@ -76,7 +76,8 @@ class AuthAttempt:
     tls: bool
 
 
-_RCPT_ADDRESS = re.compile(r"TO:\s*<([^>]*)>", re.IGNORECASE)
+# "RCPT TO:<a@x> ..." or, from lax clients the server accepts too, "RCPT TO:a@x".
+_RCPT_ADDRESS = re.compile(r"TO:\s*(?:<([^>]*)>|([^\s<>]+))", re.IGNORECASE)
 
 
 def _address_key(address: str) -> str:
@@ -94,10 +95,15 @@ class Recorder:
         self.auth_attempts: list[AuthAttempt] = []
         self.errors: list[BaseException] = []
         self.connections = 0
+        # Never reset: a connection open across reset() keeps an id no later one gets, and
+        # a command in flight at reset() refers to an entry by a number that stays unique.
+        self._last_connection_id = 0
+        self._cleared = 0  # transcript entries forgotten by clear()
 
     def clear(self) -> None:
         with self._lock:
             self.messages.clear()
+            self._cleared += len(self.transcript)
             self.transcript.clear()
             self.auth_attempts.clear()
             self.errors.clear()
@@ -107,22 +113,27 @@ class Recorder:
     def new_connection(self) -> int:
         with self._changed:
             self.connections += 1
+            self._last_connection_id += 1
             self._changed.notify_all()
-            return self.connections
+            return self._last_connection_id
 
     def begin(self, connection_id: int, stage: ServerStage | None, command: str) -> int:
+        """Record a command; returns its entry's number for :meth:`add_reply_line`."""
         with self._changed:
             self.transcript.append(
                 Exchange(connection_id=connection_id, stage=stage, command=command, reply=None)
             )
             self._changed.notify_all()
-            return len(self.transcript) - 1
+            return self._cleared + len(self.transcript) - 1
 
     def add_reply_line(self, index: int, line: str) -> None:
         with self._changed:
-            entry = self.transcript[index]
+            position = index - self._cleared
+            if position < 0:
+                return  # the command was recorded before a reset(): forgotten with it
+            entry = self.transcript[position]
             text = line if entry.reply is None else f"{entry.reply}\n{line}"
-            self.transcript[index] = replace(entry, reply=text)
+            self.transcript[position] = replace(entry, reply=text)
             self._changed.notify_all()
 
     def add_message(self, message: Message) -> None:
@@ -172,7 +183,10 @@ class Recorder:
             for entry in self.transcript:
                 if entry.stage == "rcpt":
                     match = _RCPT_ADDRESS.search(entry.command)
-                    found.append(match.group(1) if match else entry.command)
+                    if match is None:
+                        found.append(entry.command)
+                    else:
+                        found.append(match.group(1) if match.group(2) is None else match.group(2))
             return found
 
     def delivered_to(self, address: str, *, include_dropped: bool) -> int:

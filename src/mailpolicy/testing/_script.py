@@ -58,6 +58,10 @@ class Delay:
             raise ValueError(f"Delay needs a duration >= 0 seconds, got {self.seconds!r}")
         if isinstance(self.then, str):
             format_reply(self.then)  # fail early, in the test's thread, on a bad reply
+        elif not isinstance(self.then, Action):
+            raise TypeError(
+                f"Delay's then must be a reply, DROP or DEFAULT, not {type(self.then).__name__}"
+            )
 
 
 #: One entry of a script: a reply text, :data:`DROP`, :data:`DEFAULT` or a :class:`Delay`.
@@ -181,6 +185,15 @@ class Script:
 
     def quit(self, *replies: Scripted) -> Script:
         return self.on("quit", *replies)
+
+    def helo(self, *replies: Scripted) -> Script:
+        return self.on("helo", *replies)
+
+    def rset(self, *replies: Scripted) -> Script:
+        return self.on("rset", *replies)
+
+    def noop(self, *replies: Scripted) -> Script:
+        return self.on("noop", *replies)
 
     def clear(self) -> None:
         """Forget every scripted reply not yet used."""
