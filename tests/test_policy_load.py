@@ -100,6 +100,40 @@ def test_extends_puts_child_rules_first_and_replaces_same_named_ones() -> None:
     assert bulk.rules[2].action == "defer"  # bulk's own, not default's retry
 
 
+@pytest.mark.parametrize("name", ["transient", "fallback"])
+def test_a_childs_catch_all_replaces_the_parents_at_the_end(tmp_path: Path, name: str) -> None:
+    """docs/policies.md: the merged policy ends with the parent's catch-all "or a new one".
+    A child's catch-all stood at the child's position: replacing the parent's (same name)
+    failed to load, a new one answered every failure before the parent's rules (found in
+    review)."""
+    child = write(
+        tmp_path,
+        "child",
+        f'schema = 1\nname = "child"\nextends = "default"\n'
+        f'[[rules]]\nname = "{name}"\nwhen = {{}}\naction = "defer"\n',
+    )
+    policy, default = load_policy(child), load_policy("default")
+    assert [r.name for r in policy.rules] == [r.name for r in default.rules[:-1]] + [name]
+    assert policy.rules[-1].action == "defer"
+    unknown = policy.decide(
+        kind="permanent", reason="mailbox_unknown", code=550, status="5.1.1", stage="rcpt"
+    )
+    assert unknown.action == "suppress"  # the parent's rules still come first
+
+
+def test_a_child_may_change_an_inherited_schedules_jitter_mode(tmp_path: Path) -> None:
+    """The parent's jitter_ratio went with the merge and then failed against the child's
+    jitter = "none", naming a key the child never wrote (found in review)."""
+    child = write(
+        tmp_path,
+        "child",
+        'schema = 1\nname = "child"\nextends = "default"\n[schedules.standard]\njitter = "none"\n',
+    )
+    standard = load_policy(child).schedules["standard"]
+    assert standard.jitter == "none"
+    assert standard.steps == load_policy("default").schedules["standard"].steps
+
+
 def test_extends_a_file_relative_to_the_child(tmp_path: Path) -> None:
     write(
         tmp_path,

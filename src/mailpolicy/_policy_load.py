@@ -94,11 +94,24 @@ def _merge(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any
         merged[key] = {**parent[key], **child[key]}
     merged["schedules"] = dict(parent["schedules"])
     for name, sched in child["schedules"].items():
-        merged["schedules"][name] = {**parent["schedules"].get(name, {}), **sched}
+        inherited = dict(parent["schedules"].get(name, {}))
+        if sched.get("jitter", "proportional") != "proportional":
+            # A ratio belongs to proportional jitter: a child choosing another mode drops
+            # the parent's ratio with it (else it fails on a key the child never wrote).
+            inherited.pop("jitter_ratio", None)
+        merged["schedules"][name] = {**inherited, **sched}
     for key in ("rules", "destinations"):
         own = child[key]
         names = {_name_of(item) for item in own}
         merged[key] = [*own, *(item for item in parent[key] if _name_of(item) not in names)]
+    # A child's catch-all (replacing the parent's, or a new one) is the merged policy's
+    # fallback: it goes last, after every parent rule, and no other catch-all stays before
+    # it. At the child's position it would answer every failure before the parent's rules.
+    rules = merged["rules"]
+    own_catch_alls = [r for r in child["rules"] if r.when.is_catch_all]
+    if own_catch_alls:
+        fallback = own_catch_alls[-1]
+        merged["rules"] = [r for r in rules if not r.when.is_catch_all] + [fallback]
     return merged
 
 
