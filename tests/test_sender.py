@@ -707,3 +707,68 @@ def test_a_reply_fed_one_line_at_a_time_cannot_outlast_the_deadline(tmp_path: An
         server.join(timeout=5)
     assert (o.state, o.reason) == ("deferred", "timeout"), o
     assert elapsed < 1.5, elapsed
+
+
+# --- retry engine details (found in a review of the retry semantics) ---------------------
+
+_SLOW_DESTINATION = (
+    'schema = 1\nname = "dest"\nextends = "default"\n[[destinations]]\nname = "slowpoke"\n'
+    'domains = ["slow.example"]\n[destinations.queue]\nschedule = "slow"\n'
+)
+
+
+def test_a_destinations_queue_schedules_circuit_open_and_rebatch_deferrals(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock,
+    tmp_path: Any,
+) -> None:  # fmt: skip
+    """Those deferrals used the policy's [queue] (10 minutes), not the recipient's
+    destination's ("slow": 3 hours, x1.2 with the fixed jitter)."""
+    from mailpolicy import load_policy
+
+    policy_file = tmp_path / "dest.toml"
+    policy_file.write_text(_SLOW_DESTINATION)
+    policy = load_policy(policy_file)
+    down = sender_for(None, policy=policy)
+    for _ in range(2):  # the first opens the circuit, the second finds it open
+        (o,) = down.send(message("a@slow.example")).outcomes
+        assert o.next_attempt_at is not None
+        assert o.next_attempt_at.timestamp() - clock.time() > 3 * 3600
+    assert o.rule == "circuit.open"
+    smtp_server.script.rcpt("a@slow.example", "452 4.5.3 Too many recipients")
+    (o,) = sender_for(smtp_server, policy=policy).send(message("a@slow.example")).outcomes
+    assert o.reason == "too_many_recipients"
+    assert o.next_attempt_at is not None
+    assert o.next_attempt_at.timestamp() - clock.time() > 3 * 3600
+
+
+def test_a_retry_is_refunded_only_when_it_led_to_a_delivery(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender]
+) -> None:
+    """ann was delivered at once; bob's inline retry failed (550 after 451). The retry's
+    tokens were refunded because ann's delivery made the send a "success"."""
+    smtp_server.script.rcpt("bob@example.org", "451 4.3.0 try later", "550 5.1.1 user unknown")
+    relays = RelayRegistry()
+    s = sender_for(smtp_server, relays=relays)
+    ann, bob = s.send(message("ann@example.org", "bob@example.org")).outcomes
+    assert (ann.state, bob.state, bob.attempts) == ("delivered", "bounced", 2)
+    budget = s.policy.budget
+    state = relays.get(s.settings.host, s.settings.port).snapshot()
+    assert state.tokens == budget.capacity - budget.retry_cost
+
+
+def test_a_retry_the_open_circuit_cancels_costs_nothing_and_keeps_the_real_failure(
+    sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    """Three refused sends open the circuit; after the probe interval the probe is
+    refused again and its inline retry finds the circuit open. That retry's tokens were
+    spent though it never connected, and the outcome said "circuit open" instead of
+    the probe's own refusal."""
+    relays = RelayRegistry()
+    s = sender_for(None, relays=relays)
+    for _ in range(3):
+        s.send(message("ann@example.org"))
+    tokens = relays.get(s.settings.host, s.settings.port).snapshot().tokens
+    clock.advance(s.policy.circuit.probe_every + 1)
+    (o,) = s.send(message("ann@example.org")).outcomes
+    assert (o.state, o.attempts, o.rule) == ("deferred", 1, "error.refused")
+    assert relays.get(s.settings.host, s.settings.port).snapshot().tokens == tokens

@@ -77,6 +77,13 @@ class RelayState:
             self._tokens = tokens - budget.retry_cost
             return True
 
+    def refund_retry(self, budget: BudgetSettings) -> None:
+        """Give back the tokens of an inline retry that was never made (the circuit
+        opened, or a throttle paused the relay, between taking them and connecting)."""
+        with self._lock:
+            tokens = self._fill(budget)
+            self._tokens = min(budget.capacity, tokens + budget.retry_cost)
+
     def record_success(self, budget: BudgetSettings, *, retries: int = 0) -> None:
         """A delivery succeeded after ``retries`` inline retries: refill the bucket and
         close the circuit."""

@@ -513,14 +513,20 @@ class Sender:
                     if paused
                     else "circuit open: relay recently unreachable"
                 )
+                if info.number > 1:  # the inline tier took this retry's tokens
+                    relay.refund_retry(policy.budget)
                 for p in todo:
-                    p.verdict, p.text = _CIRCUIT_OPEN, why
+                    if p.verdict is None:  # never tried; else its real failure stays
+                        p.verdict, p.text = _CIRCUIT_OPEN, why
+                    destination = policy.destination_for(p.wire.rpartition("@")[2])
                     p.decision = Decision(
                         action="defer",
                         rule="relay-paused" if paused else "circuit-open",
                         retry=True,
                         suppress=False,
                         min_delay=paused,
+                        # the recipient's destination's [queue] schedules the deferral
+                        destination=None if destination is None else destination.name,
                     )
                 todo = []
                 return _AttemptOutcome(_STOP)
@@ -559,12 +565,13 @@ class Sender:
             announced = [
                 p.verdict.retry_after for p in again if p.verdict and p.verdict.retry_after
             ]
-            todo = again
+            tried, todo = todo, again
             if again:
                 return _AttemptOutcome(_RETRY, max(announced) if announced else None)
-            # Only a delivery counts as the relay's success (closing its circuit and
-            # refilling its budget); bounces, holds and deferrals do not.
-            delivered = any(p.decision and p.decision.action == "deliver" for p in pending)
+            # Only a delivery in this attempt counts as the relay's success (closing its
+            # circuit and refunding the retries that led to it): bounces, holds and
+            # deferrals do not, nor a co-recipient delivered by an earlier attempt.
+            delivered = any(p.decision and p.decision.action == "deliver" for p in tried)
             return _AttemptOutcome(_DONE if delivered else _STOP)
 
         try:
@@ -660,11 +667,12 @@ class Sender:
                 for p in rebatch:
                     self._judge(p, by_recipient[p.recipient])
                     if p.decision is not None and p.decision.action == "rebatch":
+                        queue = policy.queue_for(p.wire.rpartition("@")[2])
                         p.decision = replace(
                             p.decision,
                             action="defer",
-                            schedule=policy.queue.schedule,
-                            give_up_after=policy.queue.give_up_after,
+                            schedule=queue.schedule,
+                            give_up_after=queue.give_up_after,
                         )
                 return
             batch = rebatch
