@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 import structlog
@@ -80,3 +81,39 @@ def test_a_recipient_without_an_at_sign_is_not_logged_in_full(
     assert typo["domain"] is None
     assert ok["domain"] == "example.org"
     assert ok["recipient"] != "jane.doe@example.org"
+
+
+def test_a_failing_log_sink_changes_no_delivery(smtp_server: SMTPTestServer, tmp_path: Any) -> None:
+    """Found in review: a structlog processor that raised made send() raise after the
+    server had accepted the message (a caller would send it again), and stopped the
+    worker before it recorded a delivery (the next run sent it again)."""
+    from mailpolicy._store import open_store
+    from mailpolicy._worker import Worker
+
+    def broken(logger: Any, method: str, event: Any) -> Any:
+        raise RuntimeError("log sink down")
+
+    structlog.configure(processors=[broken])
+    try:
+        with open_store(f"sqlite:///{tmp_path / 'o.sqlite3'}") as store:
+            smtp_server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted")
+            m = EmailMessage()
+            m["From"] = "app@example.com"
+            m["To"] = "ann@example.org, bob@example.org"
+            m.set_content("hi\n")
+            relays = RelayRegistry()
+            with Sender(
+                smtp_server.host, smtp_server.port, security="none", relays=relays, store=store
+            ) as sender:
+                report = sender.send(m)
+            assert [o.state for o in report.outcomes] == ["delivered", "deferred"]
+            store.retry_now(now=10**10)
+            worker = Worker(store, smtp_server.host, smtp_server.port, security="none",
+                            relays=relays, clock=lambda: 10.0**10)  # fmt: skip
+            assert worker.run_once().delivered == 1
+            assert Worker(store, smtp_server.host, smtp_server.port, security="none",
+                          relays=relays, clock=lambda: 10.0**10).run_once().claims == 0  # fmt: skip
+    finally:
+        structlog.reset_defaults()
+    assert smtp_server.delivered_to("ann@example.org") == 1
+    assert smtp_server.delivered_to("bob@example.org") == 1

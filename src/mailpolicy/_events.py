@@ -9,6 +9,7 @@ Recipients are masked by default; passwords never appear.
 from __future__ import annotations
 
 import hashlib
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
@@ -65,9 +66,18 @@ def _logger() -> Any:
     return _LOGGER
 
 
+def _log(level: str, event: str, **fields: Any) -> None:
+    """Emit one event. A logging failure (a processor that raises, a broken handler or
+    sink) is swallowed: an event reports a delivery, it must never change one. Raising
+    here would make send() fail after the server accepted the message, or stop the
+    worker before it recorded a delivery, and the mail would be sent again."""
+    with suppress(Exception):  # whatever the application's logging raises
+        getattr(_logger(), level)(event, **fields)
+
+
 def delivery(state: str, **fields: Any) -> None:
     """Emit ``mail.delivery`` at the level its state calls for."""
-    getattr(_logger(), _LEVEL.get(state, "info"))("mail.delivery", state=state, **fields)
+    _log(_LEVEL.get(state, "info"), "mail.delivery", state=state, **fields)
 
 
 def outcome(
@@ -104,38 +114,36 @@ def outcome(
 
 def attempt(**fields: Any) -> None:
     """Emit ``mail.attempt`` at debug level."""
-    _logger().debug("mail.attempt", **fields)
+    _log("debug", "mail.attempt", **fields)
 
 
 def worker_summary(**fields: Any) -> None:
     """Emit the worker's periodic ``mail.worker.summary`` at info level."""
-    _logger().info("mail.worker.summary", **fields)
+    _log("info", "mail.worker.summary", **fields)
 
 
 def dsn(state: str, **fields: Any) -> None:
     """Emit ``mail.dsn`` for one recipient of a bounce message (warning for a bounce)."""
-    getattr(_logger(), "warning" if state == "bounced" else "info")(
-        "mail.dsn", state=state, **fields
-    )
+    _log("warning" if state == "bounced" else "info", "mail.dsn", state=state, **fields)
 
 
 def worker_policy_fallback(**fields: Any) -> None:
     """A stored message's policy no longer loads by name: the worker uses another."""
-    _logger().warning("mail.worker.policy_fallback", **fields)
+    _log("warning", "mail.worker.policy_fallback", **fields)
 
 
 def worker_lease_lost(**fields: Any) -> None:
     """A claim's lease was taken over before the worker delivered it (``when=renewing``:
     skipped) or recorded it (``when=recording``: another worker may send it too)."""
-    _logger().warning("mail.worker.lease_lost", **fields)
+    _log("warning", "mail.worker.lease_lost", **fields)
 
 
 def worker_store_busy(**fields: Any) -> None:
     """Recording an attempt found the database locked; the worker waits and retries."""
-    _logger().warning("mail.worker.store_busy", **fields)
+    _log("warning", "mail.worker.store_busy", **fields)
 
 
 def worker_suppression_failed(**fields: Any) -> None:
     """A dead address could not be added to the suppression list (the store stayed
     locked); the attempt itself was recorded."""
-    _logger().warning("mail.worker.suppression_failed", **fields)
+    _log("warning", "mail.worker.suppression_failed", **fields)
