@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mailpolicy import InvalidInputError
 from mailpolicy._address import MAX_ADDRESS, check_address
 
 CASES: list[dict[str, Any]] = [
@@ -142,3 +143,45 @@ def test_smtputf8_decision() -> None:
 def test_allow_domains_and_non_str() -> None:
     assert check_address("x@corp", mode="strict", allow_domains=frozenset({"corp"})).ok
     assert not check_address(42).ok
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["victim@attacker.example@corp.internal", "@relay.example:bob@corp.internal",
+     "a@b,c@corp.internal", "a;b@corp.internal"],
+)  # fmt: skip
+@pytest.mark.parametrize("how", ["off", "allow_domains"])
+def test_routes_and_lists_never_pass_unvalidated(address: str, how: str) -> None:
+    """Found in review: mode "off" and allow_domains let a second "@", a source route
+    ("@relay:bob@x", which relays may honour) and a list reach RCPT TO."""
+    if how == "off":
+        checked = check_address(address, mode="off")
+    else:
+        checked = check_address(address, mode="strict", allow_domains=frozenset({"corp.internal"}))
+    assert not checked.ok
+    assert "a route or a list" in (checked.error or "")
+
+
+def test_allow_domains_wildcards_match_subdomains_only() -> None:
+    allowed = frozenset({"*.corp.local"})
+    assert check_address("ops@mail.corp.local", mode="strict", allow_domains=allowed).ok
+    assert not check_address("ops@corp.local", mode="strict", allow_domains=allowed).ok
+    assert not check_address("ops@*.corp.local", mode="strict", allow_domains=allowed).ok
+
+
+def test_unvalidated_local_parts_are_nfc_normalised_too() -> None:
+    decomposed = "re\u0301ne\u0301@corp.internal"
+    for checked in (
+        check_address(decomposed, mode="off"),
+        check_address(decomposed, mode="strict", allow_domains=frozenset({"corp.internal"})),
+    ):
+        assert checked.wire == "r\u00e9n\u00e9@corp.internal"
+
+
+def test_bad_mode_or_allow_domains_is_an_invalid_input_error() -> None:
+    with pytest.raises(InvalidInputError, match="mode must be one of"):
+        check_address("a@example.org", mode="OFF")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="allow_domains must be a set"):
+        check_address("a@example.org", allow_domains="example.com")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="allow_domains must be a set"):
+        check_address("a@example.org", allow_domains=None)  # type: ignore[arg-type]

@@ -506,3 +506,20 @@ def test_the_relay_a_message_is_filed_under_ignores_the_host_names_case(
     )  # fmt: skip
     assert worker.run_once().delivered == 1
     assert [r for m in smtp_server.messages for r in m.rcpt_tos] == ["ann@example.org"]
+
+
+def test_the_worker_sends_an_idn_envelope_sender_without_smtputf8(
+    smtp_server_factory: Factory, store: Store, clock: FakeClock
+) -> None:
+    """An IDN domain goes on the wire as its A-label: it needs no SMTPUTF8. The worker
+    decided from the raw envelope sender and bounced a greylisted message as
+    "SMTPUTF8 not offered" (found in review)."""
+    server = smtp_server_factory(smtputf8=False)
+    relays = RelayRegistry()
+    server.script.rcpt("450 4.2.0 Greylisted")
+    with make_sender(server, store, clock, relays) as sender:
+        report = sender.send(message("ann@example.org"), envelope_from="bounces@bücher.de")
+    assert report.outcomes[0].state == "deferred"
+    store.retry_now(now=clock.time())
+    assert make_worker(server, store, clock, relays).run_once().delivered == 1
+    assert server.messages[0].mail_from == "bounces@xn--bcher-kva.de"

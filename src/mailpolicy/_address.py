@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import email_validator
 import idna
+
+from ._errors import InvalidInputError
 
 AddressMode = Literal["strict", "syntax", "off"]
 ADDRESS_MODES: Final[tuple[AddressMode, ...]] = ("strict", "syntax", "off")
@@ -42,6 +45,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # carry what would end the path or add ESMTP parameters on the wire: "RCPT TO:<x>
 # NOTIFY=NEVER <y@z>" (research/validation-security.md part B).
 _PATH_BREAKERS = re.compile(r"[<>\s\"\\]")
+# ... nor what makes it another path: a second "@" or a route ("@relay:bob@x", RFC 5321
+# §4.1.2 source routes, which relays may honour), or a list ("a@b,c@x").
+_ROUTE_BREAKERS = re.compile(r"[@,:;]")
 _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
@@ -118,6 +124,21 @@ def _allowance(local: str, domain: str) -> tuple[str, str] | None:
     return name, f"{local_wire}@{lowered}"
 
 
+def _domain_allowed(domain: str, allow_domains: frozenset[str] | set[str]) -> bool:
+    """``domain`` is listed, or under a listed ``*.parent`` (not the parent itself), as
+    ``[[destinations]] domains`` match."""
+    if not allow_domains:
+        return False
+    lowered = domain.lower().rstrip(".")
+    if "*" in lowered:  # a pattern is not a domain: "ops@*.corp.local" is no address
+        return False
+    if lowered in allow_domains:
+        return True
+    return any(
+        pattern.startswith("*.") and lowered.endswith(pattern[1:]) for pattern in allow_domains
+    )
+
+
 def check_address(
     address: object,
     *,
@@ -130,6 +151,14 @@ def check_address(
     ``allow_domains`` lists domains accepted in any mode without the validator's
     verdict (an internal relay's domain, say); the hygiene checks still apply.
     """
+    if mode not in ADDRESS_MODES:
+        raise InvalidInputError(f"mode must be one of {', '.join(ADDRESS_MODES)}, not {mode!r}")
+    if not isinstance(allow_domains, frozenset | set | tuple | list) or not all(
+        isinstance(d, str) for d in allow_domains
+    ):
+        raise InvalidInputError(
+            f"allow_domains must be a set of domain names, not {type(allow_domains).__name__}"
+        )
     if not isinstance(address, str):
         return _refuse(repr(address), f"an address must be a str, not {type(address).__name__}")
     if len(address) > MAX_ADDRESS:
@@ -139,11 +168,16 @@ def check_address(
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return _refuse(address, "an address needs a local part, an @-sign and a domain")
-    if mode == "off" or domain.lower() in allow_domains:
+    if mode == "off" or _domain_allowed(domain, allow_domains):
         if _PATH_BREAKERS.search(address):
             return _refuse(
                 address, "the address contains a space, a quote, a backslash or angle brackets"
             )
+        if _ROUTE_BREAKERS.search(local):
+            return _refuse(
+                address, "the local part contains '@', ',', ':' or ';' (a route or a list)"
+            )
+        local = unicodedata.normalize("NFC", local)
         smtputf8 = not local.isascii()
         if not domain.isascii():
             try:

@@ -282,7 +282,7 @@ class Worker:
             )
         pending = [_Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts) for r in due]
         envelope = check_address(prepared.envelope_from, mode="off")
-        smtputf8 = prepared.smtputf8 or not prepared.envelope_from.isascii()
+        smtputf8 = prepared.smtputf8 or envelope.smtputf8  # an IDN domain alone needs none
         if pending:
             sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
             sender._apply_throttle(pending, relay)
