@@ -117,3 +117,12 @@ def test_a_failing_log_sink_changes_no_delivery(smtp_server: SMTPTestServer, tmp
         structlog.reset_defaults()
     assert smtp_server.delivered_to("ann@example.org") == 1
     assert smtp_server.delivered_to("bob@example.org") == 1
+
+
+def test_hashed_recipients_are_one_token_per_mailbox() -> None:
+    """Case and the two spellings of a Unicode domain gave different tokens (review)."""
+    from mailpolicy._events import show_recipient
+
+    assert show_recipient("Ann@Example.ORG", "hash") == show_recipient("ann@example.org", "hash")
+    assert show_recipient("x@bücher.de", "hash") == show_recipient("x@xn--bcher-kva.de", "hash")
+    assert show_recipient("x@bücher.de", "hash").endswith("@xn--bcher-kva.de")

@@ -347,8 +347,14 @@ def test_worker_skips_addresses_suppressed_since_and_keeps_to_its_relay(
         monotonic=clock.now, sleep=clock.sleep, relays=relays,
     )  # fmt: skip
     assert other.run_once().claims == 0  # another relay's messages are not its business
-    stats = make_worker(smtp_server, store, clock, relays).run_once()
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        stats = make_worker(smtp_server, store, clock, relays).run_once()
     assert (stats.delivered, stats.by_state.get("suppressed")) == (1, 1)
+    # one mail.delivery event per recipient, the suppressed one included (it had none)
+    delivery = sorted(e["state"] for e in logs if e["event"] == "mail.delivery")
+    assert delivery == ["delivered", "suppressed"]
     assert "ann@example.org" not in [r for m in smtp_server.messages for r in m.rcpt_tos]
     (row,) = store.list_recipients(state="suppressed", message_id=None, limit=10)
     assert row.recipient == "ann@example.org"

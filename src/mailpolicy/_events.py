@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
 
+from ._store import normalise_address
+
 if TYPE_CHECKING:
     from ._outcome import RecipientOutcome
 
@@ -42,8 +44,12 @@ def show_recipient(address: str, style: RecipientStyle) -> str:
         return address
     local, at, domain = address.rpartition("@")
     if style == "hash":
-        digest = hashlib.sha256(address.lower().encode("utf-8", "replace")).hexdigest()[:16]
-        return f"sha256:{digest}@{domain}" if at else f"sha256:{digest}"
+        # Hashed as the suppression list keys it (lower-cased, the domain as its A-label),
+        # so Ann@Example.ORG, ann@example.org and a Unicode domain's two spellings are
+        # one token.
+        key = normalise_address(address)
+        digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]
+        return f"sha256:{digest}@{key.rpartition('@')[2]}" if at else f"sha256:{digest}"
     if not at:  # a mistyped address ("ann.example.org"): no domain to show, mask it all
         return "***"
     return f"{local[:1]}***@{domain}" if local else f"***@{domain}"

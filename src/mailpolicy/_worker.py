@@ -270,6 +270,7 @@ class Worker:
                 due.append(r)
                 continue
             self.stats.count("suppressed")
+            text = "on the suppression list: " + (entry.text or "")
             updates.append(
                 RecipientUpdate(
                     key=r.key,
@@ -277,8 +278,27 @@ class Worker:
                     reason=as_reason(entry.reason),
                     code=entry.code,
                     status=entry.status,
-                    text="on the suppression list: " + (entry.text or ""),
+                    text=text,
                 )
+            )
+            # One mail.delivery event per recipient per worker attempt, this one too.
+            events.outcome(
+                RecipientOutcome(
+                    recipient=r.recipient,
+                    state="suppressed",
+                    reason=as_reason(entry.reason),
+                    code=entry.code,
+                    status=entry.status,
+                    text=text,
+                    attempts=r.attempts,
+                    rule="suppression-list",
+                    action="suppress",
+                ),
+                message_id=claim.message.message_id,
+                policy=sender.policy.name,
+                server=sender.relay,
+                style=sender.recipient_style,
+                worker=self.owner,
             )
         pending = [_Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts) for r in due]
         envelope = check_address(prepared.envelope_from, mode="off")
