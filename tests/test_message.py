@@ -185,6 +185,21 @@ def test_eight_bit_and_smtputf8_flags() -> None:
     assert (p3.smtputf8, p3.data.isascii()) == (False, True)
 
 
+def test_an_idn_domain_alone_goes_as_its_a_label_without_smtputf8() -> None:
+    """Found in review: "user@bücher.de" in To made the whole message need SMTPUTF8, so a
+    server without it bounced a message every server can take. The domain is written as
+    its A-label (the original message is not changed); a group keeps the old way."""
+    m = make(From="Shop <shop@bücher.de>", To="Jürgen Müller <user@bücher.de>, b@x.org")
+    p = prepare_message(m)
+    assert (p.smtputf8, p.data.isascii()) == (False, True)
+    assert b"From: Shop <shop@xn--bcher-kva.de>\r\n" in p.data
+    assert b"<user@xn--bcher-kva.de>, b@x.org\r\n" in p.data
+    assert p.recipients == ("user@bücher.de", "b@x.org")
+    assert str(m["To"]) == "Jürgen Müller <user@bücher.de>, b@x.org"
+    group = prepare_message(make(From="a@x.org", To="team: user@bücher.de;"))
+    assert group.smtputf8 is True
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -772,3 +772,18 @@ def test_a_retry_the_open_circuit_cancels_costs_nothing_and_keeps_the_real_failu
     (o,) = s.send(message("ann@example.org")).outcomes
     assert (o.state, o.attempts, o.rule) == ("deferred", 1, "error.refused")
     assert relays.get(s.settings.host, s.settings.port).snapshot().tokens == tokens
+
+
+def test_an_idn_recipient_reaches_a_server_without_smtputf8(
+    smtp_server_factory: Factory, sender_for: Callable[..., Sender]
+) -> None:
+    """RFC 5890: an IDN domain goes on the wire as its A-label, in RCPT TO and in the To
+    header alike; only a non-ASCII local part needs SMTPUTF8 (found in review: the whole
+    message was bounced locally)."""
+    server = smtp_server_factory(smtputf8=False)
+    (o,) = sender_for(server).send(message("user@bücher.de")).outcomes
+    assert o.state == "delivered", o
+    (received,) = server.messages
+    assert received.rcpt_tos == ("user@xn--bcher-kva.de",)
+    assert received.data.isascii()
+    assert b"To: user@xn--bcher-kva.de\r\n" in received.data

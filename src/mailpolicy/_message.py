@@ -9,6 +9,7 @@ when missing and kept across retries), and no CR/LF/NUL inside any header value
 
 from __future__ import annotations
 
+import copy
 import email.encoders
 import email.policy
 import email.utils
@@ -17,10 +18,13 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from email.generator import BytesGenerator
+from email.headerregistry import Address
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import EmailPolicy, Policy
 from typing import Final
+
+import idna
 
 from ._errors import MessageError
 
@@ -235,6 +239,47 @@ def _serialise(message: Message, *, utf8_addresses: bool) -> tuple[bytes, bool]:
         raise MessageError(f"the message cannot be serialised: {exc}") from exc
 
 
+def _with_a_label_domains(message: Message) -> Message | None:
+    """A copy of ``message`` whose address headers (From, Sender, Reply-To, To, Cc) have
+    their non-ASCII domains as IDNA 2008 A-labels, when that is all that is not ASCII in
+    their addresses; None when it is not (a non-ASCII local part needs SMTPUTF8), or for
+    a message the header registry did not parse (compat32), a group or a defect. The
+    original is left untouched; the copy shares its body."""
+    if not isinstance(message.policy, EmailPolicy):
+        return None
+    rewritten: list[tuple[str, list[Address]]] = []
+    for name, value in message.raw_items():
+        if name.lower() not in _ADDRESS_HEADERS:
+            continue
+        groups = getattr(value, "groups", None)
+        if groups is None or value.defects:  # type: ignore[attr-defined]  # parsed header
+            return None
+        if all(a.addr_spec.isascii() for g in groups for a in g.addresses):
+            continue
+        addresses: list[Address] = []
+        for group in groups:
+            if group.display_name is not None:
+                return None
+            for a in group.addresses:
+                if not a.username.isascii():
+                    return None
+                try:
+                    domain = idna.encode(a.domain, uts46=True).decode("ascii")
+                except idna.IDNAError:
+                    return None
+                addresses.append(
+                    Address(display_name=a.display_name, username=a.username, domain=domain)
+                )
+        rewritten.append((name, addresses))
+    if not rewritten:
+        return None
+    changed = copy.copy(message)
+    changed._headers = list(message._headers)  # type: ignore[attr-defined]  # own list
+    for name, addresses in rewritten:
+        changed.replace_header(name, addresses)  # type: ignore[arg-type]  # the registry takes them
+    return changed
+
+
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
@@ -287,6 +332,12 @@ def prepare_message(
     utf8_addresses = any(
         not a.isascii() for name in _ADDRESS_HEADERS for a in addresses.get(name, ())
     )
+    if utf8_addresses:
+        # Only the domains not ASCII ("user@bücher.de"): written as A-labels, the headers
+        # need no SMTPUTF8 (RFC 5890; an encoded-word may not stand in an addr-spec).
+        ascii_domains = _with_a_label_domains(message)
+        if ascii_domains is not None:
+            message, utf8_addresses = ascii_domains, False
     data, smtputf8 = _serialise(message, utf8_addresses=utf8_addresses)
     data = _EOL.sub(b"\r\n", data)
     head_end = data.find(b"\r\n\r\n")
