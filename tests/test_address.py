@@ -185,3 +185,12 @@ def test_bad_mode_or_allow_domains_is_an_invalid_input_error() -> None:
         check_address("a@example.org", allow_domains="example.com")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match="allow_domains must be a set"):
         check_address("a@example.org", allow_domains=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("domain", ["test", "invalid", "local", "onion", "arpa"])
+def test_the_local_domain_allowance_skips_special_use_names(domain: str) -> None:
+    """Dotless intranet names and localhost pass in syntax mode; the other special-use
+    names went through too (found in review), though mail to them goes nowhere."""
+    assert not check_address(f"a@{domain}").ok
+    assert check_address("webmaster@localhost").ok
+    assert check_address("ops@mailhost").allowance == "local-domain"

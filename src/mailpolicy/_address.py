@@ -49,6 +49,7 @@ _PATH_BREAKERS = re.compile(r"[<>\s\"\\]")
 # §4.1.2 source routes, which relays may honour), or a list ("a@b,c@x").
 _ROUTE_BREAKERS = re.compile(r"[@,:;]")
 _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_SPECIAL_USE_NOT_LOCAL: Final = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES) - {"localhost"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,11 @@ def _allowance(local: str, domain: str) -> tuple[str, str] | None:
             return None
         name = "a-label-domain"
     else:
+        # A dotless intranet name (or localhost); not the other special-use names of
+        # RFC 6761 / email-validator (test, invalid, local, onion, arpa): mail to them
+        # goes nowhere, as email-validator says for their subdomains.
+        if lowered in _SPECIAL_USE_NOT_LOCAL:
+            return None
         name = "local-domain"
     # The local part must pass on its own: check it against a neutral domain.
     try:
