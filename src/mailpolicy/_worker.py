@@ -86,6 +86,35 @@ def _prepared(claim: Claim) -> PreparedMessage:
     )
 
 
+def _update(key: int, o: RecipientOutcome, *, attempted_at: float | None = None) -> RecipientUpdate:
+    """The store update for one recipient's outcome; with ``attempted_at``, an attempt
+    was spent and goes to the journal."""
+    attempt = None
+    if attempted_at is not None:
+        attempt = Attempt(
+            at=attempted_at,
+            state=o.state,
+            reason=o.reason,
+            code=o.code,
+            status=o.status,
+            text=o.text,
+            rule=o.rule,
+            action=o.action,
+            ambiguous=o.ambiguous,
+        )
+    return RecipientUpdate(
+        key=key,
+        state=o.state,
+        reason=o.reason,
+        code=o.code,
+        status=o.status,
+        text=o.text,
+        ambiguous=o.ambiguous,
+        next_attempt_at=None if o.next_attempt_at is None else o.next_attempt_at.timestamp(),
+        attempt=attempt,
+    )
+
+
 class Worker:
     """Drains an outbox through one relay.
 
@@ -270,30 +299,21 @@ class Worker:
                 due.append(r)
                 continue
             self.stats.count("suppressed")
-            text = "on the suppression list: " + (entry.text or "")
-            updates.append(
-                RecipientUpdate(
-                    key=r.key,
-                    state="suppressed",
-                    reason=as_reason(entry.reason),
-                    code=entry.code,
-                    status=entry.status,
-                    text=text,
-                )
+            listed = RecipientOutcome(
+                recipient=r.recipient,
+                state="suppressed",
+                reason=as_reason(entry.reason),
+                code=entry.code,
+                status=entry.status,
+                text="on the suppression list: " + (entry.text or ""),
+                attempts=r.attempts,
+                rule="suppression-list",
+                action="suppress",
             )
+            updates.append(_update(r.key, listed))  # no attempt spent
             # One mail.delivery event per recipient per worker attempt, this one too.
             events.outcome(
-                RecipientOutcome(
-                    recipient=r.recipient,
-                    state="suppressed",
-                    reason=as_reason(entry.reason),
-                    code=entry.code,
-                    status=entry.status,
-                    text=text,
-                    attempts=r.attempts,
-                    rule="suppression-list",
-                    action="suppress",
-                ),
+                listed,
                 message_id=claim.message.message_id,
                 policy=sender.policy.name,
                 server=sender.relay,
@@ -313,31 +333,7 @@ class Worker:
             outcome = sender._finish(p, stored.first_failure_at or now, now, [*history, now])
             finished.append((p.wire, outcome))
             self.stats.count(outcome.state)
-            updates.append(
-                RecipientUpdate(
-                    key=stored.key,
-                    state=outcome.state,
-                    reason=outcome.reason,
-                    code=outcome.code,
-                    status=outcome.status,
-                    text=outcome.text,
-                    ambiguous=outcome.ambiguous,
-                    next_attempt_at=None
-                    if outcome.next_attempt_at is None
-                    else outcome.next_attempt_at.timestamp(),
-                    attempt=Attempt(
-                        at=now,
-                        state=outcome.state,
-                        reason=outcome.reason,
-                        code=outcome.code,
-                        status=outcome.status,
-                        text=outcome.text,
-                        rule=outcome.rule,
-                        action=outcome.action,
-                        ambiguous=outcome.ambiguous,
-                    ),
-                )
-            )
+            updates.append(_update(stored.key, outcome, attempted_at=now))
             events.outcome(
                 replace(outcome, persisted=outcome.state in ("deferred", "held")),
                 message_id=claim.message.message_id,
