@@ -593,6 +593,14 @@ def test_use_tls_and_use_ssl_is_djangos_value_error() -> None:
         EmailBackend(use_tls=True, use_ssl=True)
 
 
+def test_a_port_given_as_a_string_of_digits_is_taken(site: SMTPTestServer) -> None:
+    """EMAIL_PORT = os.environ["EMAIL_PORT"] is common, and Django's own backend takes
+    it; ours refused it as ImproperlyConfigured (found in review)."""
+    with override_settings(EMAIL_PORT=str(site.port)):
+        assert mail.send_mail("Hi", "Body", "app@example.com", ["ann@example.org"]) == 1
+    assert site.delivered_to("ann@example.org") == 1
+
+
 @pytest.mark.parametrize("timeout", [-1, 0, float("inf"), float("nan")])
 def test_a_bad_timeout_fails_at_setup(timeout: float) -> None:
     """EMAIL_TIMEOUT = inf used to pass here and fail every send with OverflowError."""

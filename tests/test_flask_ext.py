@@ -762,6 +762,42 @@ def test_flask_mailman_backend_delivers_through_our_sender(
     assert b"audit@" not in received.data
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"cc": ["c@example.org, attacker@evil.example"]}, "only c@example.org could be parsed"),
+        ({"bcc": ["c@example.org; attacker@evil.example"]}, "Invalid address"),
+        ({"to": ["bad@@example.org"]}, "Invalid address"),
+        ({"from_email": "shop@example.com, evil@example.net"}, "Invalid address"),
+    ],
+)
+def test_flask_mailman_refuses_an_entry_that_is_not_one_address(
+    smtp_server: SMTPTestServer, mailman_app: tuple[Flask, Any], fields: dict[str, Any],
+    expected: str,
+) -> None:  # fmt: skip
+    """As Flask-Mailman's (and Django's) own SMTP backend: ValueError, nothing sent. One
+    cc entry "c@x, attacker@y" (a form field) became two recipients (found in review)."""
+    kwargs: dict[str, Any] = {"to": ["ann@example.org"], **fields}
+    msg = flask_mailman.EmailMessage("Your order", "Thank you.", **kwargs)
+    with pytest.raises(ValueError, match=expected):
+        msg.send()
+    assert smtp_server.connections == 0 or smtp_server.messages == []
+
+
+def test_a_flask_mail_entry_naming_several_addresses_is_refused(
+    smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
+) -> None:
+    app = make_app(smtp_server)
+    mail = MailPolicy(app)
+    with app.app_context():
+        msg = flask_mail.Message(
+            "Your order", recipients=["ann@example.org, attacker@evil.example"], body="x"
+        )
+        with pytest.raises(ValueError, match="one entry names several addresses"):
+            mail.send(msg)
+    assert smtp_server.messages == []
+
+
 def test_flask_mailman_module_path_resolves_to_our_backend(
     smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
 ) -> None:

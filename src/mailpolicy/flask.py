@@ -34,6 +34,7 @@ import email
 import email.policy
 import json
 import math
+import smtplib
 import ssl
 import sys
 import threading
@@ -476,11 +477,17 @@ class _Outgoing:
 
 
 def _addresses(value: str | tuple[str, str]) -> list[str]:
-    """The addr-specs in ``value`` (a header-style string or a (name, address) tuple); an
-    unparseable string stays as written, so pre-validation reports it as ``invalid``."""
+    """The addr-spec of one sender or recipient entry (a header-style string or a (name,
+    address) tuple); an unparseable string stays as written, so pre-validation reports it
+    as ``invalid``. An entry naming several addresses is a ``ValueError``, as Flask-Mail
+    (which keeps only the first) and Django refuse to widen the envelope: "c@x,
+    attacker@y" from a form field must not become two recipients."""
     if isinstance(value, tuple):
         return [value[1]]
-    return split_addresses(value) or [value]
+    found = split_addresses(value)
+    if len(found) > 1:
+        raise ValueError(f"Invalid address; one entry names several addresses: {value!r}")
+    return found or [value]
 
 
 def _reparse(data: bytes) -> Message:
@@ -525,9 +532,20 @@ def _from_flask_mail(message: object, default_sender: str | None) -> _Outgoing:
 
 
 def _from_mailman(message: _MailmanMessage) -> _Outgoing:
+    """Flask-Mailman's own envelope preparation, as its SMTP backend (and Django's) does
+    it: ``ValueError("Invalid address ...")`` for a malformed address or for a string
+    holding more than one ("c@x, attacker@y" in one ``cc`` entry is never split into two
+    recipients), IDNA for non-ASCII domains."""
+    from flask_mailman.message import sanitize_address  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    encoding = getattr(message, "encoding", None) or "utf-8"
+
+    def prepare(address: str | tuple[str, str]) -> str:
+        return smtplib.quoteaddr(sanitize_address(address, encoding))[1:-1]
+
     data = message.message().as_bytes(linesep="\r\n")
-    recipients = [a for r in message.recipients() for a in _addresses(r)]
-    return _Outgoing(_reparse(data), _addresses(message.from_email)[0], recipients)
+    recipients = [prepare(r) for r in message.recipients()]
+    return _Outgoing(_reparse(data), prepare(message.from_email), recipients)
 
 
 def _outgoing(

@@ -126,6 +126,9 @@ class EmailBackend(smtp.EmailBackend):
             allow_insecure_auth=allow_insecure_auth,
             recipient_style=recipient_style,
         )
+        if isinstance(self.port, str) and self.port.strip().isdigit():
+            # EMAIL_PORT = os.environ["EMAIL_PORT"]: Django's own backend takes it.
+            self.port = int(self.port)
         self._open_error: BaseException | None = None
         self._check_connection_settings()
 
