@@ -784,6 +784,20 @@ def test_flask_mailman_refuses_an_entry_that_is_not_one_address(
     assert smtp_server.connections == 0 or smtp_server.messages == []
 
 
+def test_flask_mailman_keeps_unicode_addresses_as_the_sender_writes_them(
+    smtp_server: SMTPTestServer, mailman_app: tuple[Flask, Any]
+) -> None:
+    """Flask-Mailman's sanitize_address is only the one-address check: its result wrote
+    "jürgen@" as an encoded-word and straße.de as strasse.de (IDNA 2003), another
+    domain (found in review of the first fix)."""
+    msg = flask_mailman.EmailMessage(
+        "Your order", "Thank you.", to=["jürgen@example.org", "ann@straße.de"]
+    )
+    assert msg.send() == 1
+    (received,) = smtp_server.messages
+    assert received.rcpt_tos == ("jürgen@example.org", "ann@xn--strae-oqa.de")
+
+
 def test_a_flask_mail_entry_naming_several_addresses_is_refused(
     smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
 ) -> None:

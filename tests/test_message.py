@@ -242,3 +242,18 @@ def test_a_long_line_that_cannot_be_re_encoded_is_a_message_error() -> None:
 def test_short_lines_are_left_alone() -> None:
     m = make("hello\n" * 3, From="a@x.org", To="b@x.org")
     assert b"hello\r\nhello\r\nhello\r\n" in prepare_message(m).data
+
+
+def test_a_parsed_message_gets_its_idn_domains_as_a_labels_too() -> None:
+    """Parsed messages (the Flask integration parses every message) keep raw header text:
+    the first rewrite skipped them, and one of two To lines would have been missed."""
+    raw = (
+        "From: a@example.org\r\nTo: x@bücher.de\r\nTo: Jörg <y@bücher.de>\r\n"
+        "Subject: hi\r\n\r\nhi\r\n"
+    ).encode()
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    p = prepare_message(parsed)
+    assert (p.smtputf8, p.data.isascii()) == (False, True)
+    assert b"To: x@xn--bcher-kva.de\r\n" in p.data
+    assert b"<y@xn--bcher-kva.de>\r\n" in p.data
+    assert p.recipients == ("x@bücher.de", "y@bücher.de")

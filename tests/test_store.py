@@ -890,3 +890,16 @@ def test_wrong_types_are_the_librarys_error_not_a_builtin_one(
 def test_a_worker_needs_a_store(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="store must be a mailpolicy Store"):
         Worker(None, "localhost", 25, security="none")  # type: ignore[arg-type]
+
+
+def test_an_entry_keyed_the_old_unicode_way_can_still_be_removed(store: SQLiteStore) -> None:
+    """Development versions keyed "jürgen@münchen.example" with the Unicode domain; the
+    key is now the A-label one, and remove_suppression finds both (found in review)."""
+    with closing(sqlite3.connect(store.location)) as db, db:
+        db.execute(
+            "INSERT INTO suppressions (address, reason, created_at, expires_at, code, status, "
+            "text, policy) VALUES (?, 'mailbox_unknown', ?, NULL, NULL, NULL, '', '')",
+            ("jürgen@münchen.example", T0),
+        )
+    assert store.remove_suppression("Jürgen@München.example")
+    assert store.suppressions(now=T0) == []

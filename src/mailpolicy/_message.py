@@ -22,7 +22,7 @@ from email.headerregistry import Address
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import EmailPolicy, Policy
-from typing import Final
+from typing import Any, Final
 
 import idna
 
@@ -214,7 +214,10 @@ def _addresses_of(value: object) -> list[str]:
         if all(spec and spec != "<>" and "@" in spec for spec in specs):
             return specs
     tree = getattr(value, "_parse_tree", None)  # email.headerregistry.BaseHeader
-    return split_addresses(_FOLD.sub(" ", str(tree) if tree is not None else str(value)))
+    text = str(tree) if tree is not None else str(value)
+    if tree is None:  # a parsed message's raw text: raw UTF-8 is kept as surrogates
+        text = _unescaped(text) or text
+    return split_addresses(_FOLD.sub(" ", text))
 
 
 def _serialise(message: Message, *, utf8_addresses: bool) -> tuple[bytes, bool]:
@@ -239,20 +242,40 @@ def _serialise(message: Message, *, utf8_addresses: bool) -> tuple[bytes, bool]:
         raise MessageError(f"the message cannot be serialised: {exc}") from exc
 
 
+def _unescaped(value: str) -> str | None:
+    """A parsed header's raw text with raw UTF-8 (kept by the parser as surrogate
+    escapes, RFC 6532 headers) decoded; None when the bytes are not UTF-8."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8")
+    except UnicodeError:
+        return None
+
+
 def _with_a_label_domains(message: Message) -> Message | None:
     """A copy of ``message`` whose address headers (From, Sender, Reply-To, To, Cc) have
     their non-ASCII domains as IDNA 2008 A-labels, when that is all that is not ASCII in
-    their addresses; None when it is not (a non-ASCII local part needs SMTPUTF8), or for
-    a message the header registry did not parse (compat32), a group or a defect. The
-    original is left untouched; the copy shares its body."""
-    if not isinstance(message.policy, EmailPolicy):
+    their addresses; None when it is not (a non-ASCII local part needs SMTPUTF8), for a
+    compat32 message, a group or a defect. Every such header line is rewritten in place
+    (a parsed message may hold two To lines). The original is left untouched; the copy
+    shares its body."""
+    policy = message.policy
+    if not isinstance(policy, EmailPolicy):
         return None
-    rewritten: list[tuple[str, list[Address]]] = []
-    for name, value in message.raw_items():
+    raw: list[tuple[str, Any]] = message._headers  # type: ignore[attr-defined]
+    rewritten: dict[int, tuple[str, Any]] = {}
+    for index, (name, value) in enumerate(raw):
         if name.lower() not in _ADDRESS_HEADERS:
             continue
-        groups = getattr(value, "groups", None)
-        if groups is None or value.defects:  # type: ignore[attr-defined]  # parsed header
+        # Parsed messages keep the raw text, raw UTF-8 as surrogate escapes (RFC 6532
+        # headers); the registry's parse of the decoded text gives the addresses.
+        text = _unescaped(value) if isinstance(value, str) else value
+        if text is None:
+            return None
+        header = policy.header_fetch_parse(name, text)
+        groups = getattr(header, "groups", None)
+        if groups is None or header.defects:
             return None
         if all(a.addr_spec.isascii() for g in groups for a in g.addresses):
             continue
@@ -270,13 +293,11 @@ def _with_a_label_domains(message: Message) -> Message | None:
                 addresses.append(
                     Address(display_name=a.display_name, username=a.username, domain=domain)
                 )
-        rewritten.append((name, addresses))
+        rewritten[index] = policy.header_store_parse(name, addresses)
     if not rewritten:
         return None
     changed = copy.copy(message)
-    changed._headers = list(message._headers)  # type: ignore[attr-defined]  # own list
-    for name, addresses in rewritten:
-        changed.replace_header(name, addresses)  # type: ignore[arg-type]  # the registry takes them
+    changed._headers = [rewritten.get(i, item) for i, item in enumerate(raw)]  # type: ignore[attr-defined]
     return changed
 
 

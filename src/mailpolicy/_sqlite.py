@@ -789,8 +789,16 @@ class SQLiteStore:
 
     def remove_suppression(self, address: str) -> bool:
         key = normalise_address(address)
+        # Also the key as earlier development versions wrote it (a Unicode domain, only
+        # lower-cased), so such an entry can still be removed by its address.
+        legacy = address.strip().removeprefix("<").removesuffix(">").strip().lower()
         with self._transaction(f"removing the suppression of {key}") as db:
-            return db.execute("DELETE FROM suppressions WHERE address = ?", (key,)).rowcount > 0
+            return (
+                db.execute(
+                    "DELETE FROM suppressions WHERE address IN (?, ?)", (key, legacy)
+                ).rowcount
+                > 0
+            )
 
     def suppressions(self, *, now: float, include_expired: bool = False) -> list[Suppression]:
         _check_times(now=now)

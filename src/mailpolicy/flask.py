@@ -34,7 +34,6 @@ import email
 import email.policy
 import json
 import math
-import smtplib
 import ssl
 import sys
 import threading
@@ -541,7 +540,12 @@ def _from_mailman(message: _MailmanMessage) -> _Outgoing:
     encoding = getattr(message, "encoding", None) or "utf-8"
 
     def prepare(address: str | tuple[str, str]) -> str:
-        return smtplib.quoteaddr(sanitize_address(address, encoding))[1:-1]
+        # Flask-Mailman's own check (one address, parsed whole, no CR/LF) raises as its
+        # backend does; its result is not used: it writes a non-ASCII local part as an
+        # encoded-word and the domain with IDNA 2003 (straße.de -> strasse.de, another
+        # domain). The Sender's pre-validation does SMTPUTF8 and IDNA 2008 instead.
+        sanitize_address(address, encoding)
+        return _addresses(address)[0]
 
     data = message.message().as_bytes(linesep="\r\n")
     recipients = [prepare(r) for r in message.recipients()]
