@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, get_args
 import idna
 
 from . import _events as events
+from ._address import a_label
 from ._classify import Verdict, classify_parsed, decide_on, default_policy
 from ._errors import InvalidInputError, MailPolicyError
 from ._policy import Decision, Policy
@@ -148,10 +149,8 @@ class DsnRecipient:
     def domain(self) -> str:
         """The final recipient's domain, lower-case, IDNA ASCII where it converts."""
         domain = self.final_recipient.rpartition("@")[2].lower().rstrip(".")
-        if domain.isascii():
-            return domain
-        try:  # IDNA 2008 with UTS 46, as the sender writes domains on the wire
-            return idna.encode(domain, uts46=True).decode("ascii")
+        try:  # as the sender writes domains on the wire
+            return a_label(domain)
         except idna.IDNAError:
             return domain
 

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import idna
 
+from ._address import a_label
 from ._errors import MessageError
 
 _EOL: Final = re.compile(rb"\r\n|\r|\n")
@@ -287,7 +288,7 @@ def _with_a_label_domains(message: Message) -> Message | None:
                 if not a.username.isascii():
                     return None
                 try:
-                    domain = idna.encode(a.domain, uts46=True).decode("ascii")
+                    domain = a_label(a.domain)
                 except idna.IDNAError:
                     return None
                 addresses.append(

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, unquote
 
 import idna
 
+from ._address import a_label
 from ._errors import InvalidInputError, MailPolicyError
 from ._message import PreparedMessage
 from ._outcome import State
@@ -82,7 +83,7 @@ def normalise_address(address: str) -> str:
         # bounce or an operator naming "jürgen@münchen.example" suppresses what a send
         # looks up ("jürgen@xn--mnchen-3ya.example").
         with suppress(idna.IDNAError):  # not a valid IDNA name: kept as written
-            key = f"{local}@{idna.encode(domain.rstrip('.'), uts46=True).decode('ascii')}"
+            key = f"{local}@{a_label(domain.rstrip('.'))}"
     return key
 
 
