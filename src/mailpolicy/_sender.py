@@ -163,16 +163,20 @@ def _resolve_policy(policy: Policy | str | Path | None) -> Policy:
 _HOSTNAME_OK: Final = re.compile(r"[^\x00-\x20\x7f]{1,255}")
 
 
+def is_seconds(value: object) -> bool:
+    """Whether ``value`` is a usable timeout: a finite number of seconds above 0 (not a
+    bool, not inf or NaN). The Sender and the integrations' settings check with it."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
 def _check_seconds(name: str, value: object) -> None:
     """A timeout is None (the default) or a finite number of seconds above 0."""
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if value is not None and not is_seconds(value):
         raise ConfigurationError(
             f"{name} must be a finite number of seconds above 0, not {value!r}"
         )

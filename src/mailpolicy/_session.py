@@ -377,10 +377,7 @@ class Session:
         results = [RecipientResult(recipient=r) for r, _ in recipients]
         fresh, self._fresh = self._fresh, False
 
-        def arm() -> None:
-            self._arm(conn)
-
-        arm()
+        self._arm(conn)
 
         options: list[str] = []
         if smtputf8:
@@ -414,7 +411,7 @@ class Session:
         accepted: list[RecipientResult] = []
         for i, (result, (_, wire)) in enumerate(zip(results, recipients, strict=True)):
             try:
-                arm()
+                self._arm(conn)
                 code, reply = _command(conn, "rcpt", f"TO:<{wire}>", ())
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close(polite=False)
@@ -440,7 +437,7 @@ class Session:
 
         # --- DATA, the message, and the reply after the final dot
         try:
-            arm()
+            self._arm(conn)
             code, reply = conn.docmd("data")  # spelt as smtplib's own data() does
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
@@ -452,7 +449,7 @@ class Session:
             self._after_failure(code)
             return results
         try:
-            arm()
+            self._arm(conn)
             conn.send(message.wire_data)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # The final dot did not get through: nothing can have been accepted.

@@ -33,7 +33,6 @@ import difflib
 import email
 import email.policy
 import json
-import math
 import ssl
 import sys
 import threading
@@ -66,7 +65,7 @@ from ._message import prepare_message, split_addresses
 from ._outcome import DeliveryReport, RecipientOutcome
 from ._policy import Policy
 from ._policy_load import load_policy
-from ._sender import Sender, prevalidate
+from ._sender import Sender, is_seconds, prevalidate
 from ._session import Security
 from ._store import Store, StoreError, open_store
 
@@ -218,12 +217,7 @@ def _timeout(config: Mapping[str, Any]) -> float | None:
     value = config.get("MAIL_TIMEOUT")
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not is_seconds(value):
         raise _expected("MAIL_TIMEOUT", "a finite number of seconds above 0, or None", value)
     return float(value)
 
