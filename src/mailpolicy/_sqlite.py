@@ -56,6 +56,7 @@ from ._store import (
     StoreError,
     Suppression,
     Synchronous,
+    lowered_address,
     normalise_address,
 )
 from ._vocab import Reason
@@ -346,16 +347,14 @@ class SQLiteStore:
         name = getattr(exc, "sqlite_errorname", "")
         text = str(exc)
         if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-            problem = (
-                f"database is locked (another connection held it longer than the busy "
-                f"timeout of {self._busy_timeout:g} s)"
+            return StoreBusyError(
+                f"{self._path}: {doing}: database is locked (another connection held it "
+                f"longer than the busy timeout of {self._busy_timeout:g} s)"
             )
-        elif name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text:
+        if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text:
             problem = f"not a database, or corrupt ({text}); nothing was changed"
         else:
             problem = text
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
-            return StoreBusyError(f"{self._path}: {doing}: {problem}")
         return StoreError(f"{self._path}: {doing}: {problem}")
 
     def _configure(self, connection: sqlite3.Connection, synchronous: Synchronous) -> None:
@@ -791,7 +790,7 @@ class SQLiteStore:
         key = normalise_address(address)
         # Also the key as earlier development versions wrote it (a Unicode domain, only
         # lower-cased), so such an entry can still be removed by its address.
-        legacy = address.strip().removeprefix("<").removesuffix(">").strip().lower()
+        legacy = lowered_address(address)
         with self._transaction(f"removing the suppression of {key}") as db:
             return (
                 db.execute(

@@ -66,6 +66,13 @@ DEFAULT_BUSY_TIMEOUT: Final = 5.0
 Synchronous = Literal["full", "normal"]
 
 
+def lowered_address(address: str) -> str:
+    """``address`` without surrounding space and angle brackets, lower-cased: the first
+    step of :func:`normalise_address`, and the whole key earlier development versions
+    stored (``remove_suppression`` still finds those)."""
+    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
+
+
 def normalise_address(address: str) -> str:
     """The suppression list's key for ``address``: surrounding space and angle brackets
     removed, the whole address lower-cased.
@@ -76,7 +83,7 @@ def normalise_address(address: str) -> str:
     """
     if not isinstance(address, str):
         raise InvalidInputError(f"an address must be a str, not {type(address).__name__}")
-    key = address.strip().removeprefix("<").removesuffix(">").strip().lower()
+    key = lowered_address(address)
     local, at, domain = key.rpartition("@")
     if at and not domain.isascii():
         # The domain as the sender writes it on the wire (IDNA 2008 A-labels), so that a
