@@ -843,8 +843,7 @@ def _take_in(
     already there, an operator's or a longer one, is never shortened or reworded by
     reading another bounce; an address twice in one report is added once)."""
     # The destination that made the decision (judge_dsn decides on the IDNA domain).
-    destination = policy.destination_for(v.dsn.domain)
-    suppression = policy.suppression if destination is None else destination.suppression
+    suppression = policy.suppression_for(v.dsn.domain)
     if store is None:
         return "no store"
     if not suppression.enabled:

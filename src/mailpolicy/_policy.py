@@ -285,6 +285,10 @@ class Policy:
         destination = self.destination_for(domain)
         return self.queue if destination is None else destination.queue
 
+    def suppression_for(self, domain: str | None) -> SuppressionSettings:
+        destination = self.destination_for(domain)
+        return self.suppression if destination is None else destination.suppression
+
     def __post_init__(self) -> None:
         # Decisions depend only on (destination, rule), and which rules can hold only on
         # (kind, reason) before the per-reply conditions: both are computed once here, so

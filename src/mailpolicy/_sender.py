@@ -447,8 +447,7 @@ class Sender:
 
     def _suppression_for(self, address: str) -> SuppressionSettings:
         """The ``[suppression]`` settings for an address: its destination's, if any."""
-        destination = self.policy.destination_for(address.rpartition("@")[2])
-        return self.policy.suppression if destination is None else destination.suppression
+        return self.policy.suppression_for(address.rpartition("@")[2])
 
     def _suppress_if_dead(
         self, store: Store, address: str, o: RecipientOutcome, now: float

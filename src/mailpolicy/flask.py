@@ -525,10 +525,10 @@ def _from_flask_mail(message: object, default_sender: str | None) -> _Outgoing:
 
 
 def _from_mailman(message: _MailmanMessage) -> _Outgoing:
-    """Flask-Mailman's own envelope preparation, as its SMTP backend (and Django's) does
-    it: ``ValueError("Invalid address ...")`` for a malformed address or for a string
-    holding more than one ("c@x, attacker@y" in one ``cc`` entry is never split into two
-    recipients), IDNA for non-ASCII domains."""
+    """The envelope, checked as Flask-Mailman's SMTP backend (and Django's) checks it:
+    ``ValueError("Invalid address ...")`` for a malformed address or for a string holding
+    more than one ("c@x, attacker@y" in one ``cc`` entry is never split into two
+    recipients). The addresses themselves go to the Sender as written."""
     from flask_mailman.message import sanitize_address  # type: ignore[import-untyped]  # noqa: PLC0415
 
     encoding = getattr(message, "encoding", None) or "utf-8"
