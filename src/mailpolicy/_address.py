@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -140,19 +141,26 @@ def _allowance(local: str, domain: str) -> tuple[str, str] | None:
     return name, f"{local_wire}@{lowered}"
 
 
+def domain_matches(domain: str, patterns: Iterable[str]) -> bool:
+    """Whether a (lower-case) ``domain`` is one of ``patterns``, or under a ``*.parent``
+    one (not the parent itself): how ``[address] allow_domains`` and
+    ``[[destinations]] domains`` both match."""
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if domain.endswith(pattern[1:]):
+                return True
+        elif domain == pattern:
+            return True
+    return False
+
+
 def _domain_allowed(domain: str, allow_domains: frozenset[str] | set[str]) -> bool:
-    """``domain`` is listed, or under a listed ``*.parent`` (not the parent itself), as
-    ``[[destinations]] domains`` match."""
     if not allow_domains:
         return False
     lowered = domain.lower().rstrip(".")
     if "*" in lowered:  # a pattern is not a domain: "ops@*.corp.local" is no address
         return False
-    if lowered in allow_domains:
-        return True
-    return any(
-        pattern.startswith("*.") and lowered.endswith(pattern[1:]) for pattern in allow_domains
-    )
+    return domain_matches(lowered, allow_domains)
 
 
 def check_address(

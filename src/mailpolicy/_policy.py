@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, get_args
 
-from ._address import AddressMode
+from ._address import AddressMode, domain_matches
 from ._schedule import Backoff, Schedule
 from ._vocab import DEAD_ADDRESS_REASONS, KINDS, REASONS, RECIPIENT_STAGES, Kind, Reason, Stage
 
@@ -185,13 +185,7 @@ class Destination:
     rules: tuple[PolicyRule, ...]
 
     def matches(self, domain: str) -> bool:
-        for pattern in self.domains:
-            if pattern.startswith("*."):
-                if domain.endswith(pattern[1:]):
-                    return True
-            elif domain == pattern:
-                return True
-        return False
+        return domain_matches(domain, self.domains)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
