@@ -23,14 +23,18 @@ _LINE_CODE = re.compile(r"[ \t]*([2-5][0-9][0-9])(?:[ \t-]|(?=[\r\n])|$)")
 # RFC 3463 enhanced status at the start of the text: class.subject.detail (1-3 digits
 # each). qmail writes it as "#5.1.1".
 _LEADING_STATUS = re.compile(r"[ \t]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
-# An enhanced status or a reply code anywhere: the patterns start with a character class
-# so the regex engine can skip ahead quickly; the boundaries (not inside an IP address,
-# a version number, a host name, a URL) are checked in Python (_status_at, _code_at).
-_STATUS_CORE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
-_CODE_CORE = re.compile(r"[2-5][0-9][0-9]")
+# An enhanced status or a reply code anywhere. Each pattern starts with a character class
+# so the regex engine can skip ahead quickly, and checks its boundaries (not inside an IP
+# address, a version number, a host name, a URL) with lookbehinds placed after the
+# digits, so the scan stays in C: a status is not next to a word character or a dot (nor
+# after "x#", qmail's "#5.1.1" is fine); a code is not after a word character or any of
+# "./=#@-", and is followed by a separator (" ", "-", ",", ";", ": ") or the end.
+_STATUS_ANY = re.compile(
+    r"([245])(?<![\w.][245])(?<![\w.]#[245])\.([0-9]{1,3})\.([0-9]{1,3})(?![\w.])"
+)
+_CODE_ANY = re.compile(r"[2-5][0-9][0-9](?<![\w./=#@-][2-5][0-9][0-9])(?=[ ,;-]|:?\Z|: )")
 # After a quoted code: its enhanced status, if any.
 _STATUS_AFTER_CODE = re.compile(r"[ -]*#?([245])\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
-_NOT_BEFORE_CODE: Final = frozenset("./=#@-_")
 _FAILURE_CODE = re.compile(r"[45][0-9][0-9]")
 _IPV6_CHARS: Final = frozenset("0123456789abcdefABCDEF:.")
 #: Replies that are never a verdict on a message: the greeting and DATA's go-ahead.
@@ -159,18 +163,8 @@ def _status(m: re.Match[str], first: int) -> str:
 def _find_status(text: str) -> str | None:
     """The first enhanced status in ``text`` that is not part of a longer dotted or
     alphanumeric token (an IP address, a version number)."""
-    for m in _STATUS_CORE.finditer(text):
-        start, end = m.span()
-        before = text[start - 1] if start else ""
-        if before == "#":
-            before = text[start - 2] if start > 1 else ""
-        if before and (before.isalnum() or before in "._"):
-            continue
-        after = text[end : end + 1]
-        if after and (after.isalnum() or after in "._"):
-            continue
-        return _status(m, 1)
-    return None
+    m = _STATUS_ANY.search(text)
+    return None if m is None else _status(m, 1)
 
 
 def _find_code(
@@ -179,20 +173,20 @@ def _find_code(
     """The first reply code quoted in prose at or after ``start`` (exactly at ``start``
     when ``anchored``), with the enhanced status that follows it, if any, and where the
     code ends."""
-    for m in _CODE_CORE.finditer(text, start):
-        begin, end = m.span()
-        if anchored and begin != start:
+    if anchored:
+        m = _CODE_ANY.match(text, start)
+        if m is None or (start and text[start - 1] == ":" and _in_ipv6_literal(text, start)):
             return None
-        if begin and (text[begin - 1].isalnum() or text[begin - 1] in _NOT_BEFORE_CODE):
-            continue
-        if begin and text[begin - 1] == ":" and _in_ipv6_literal(text, begin):
-            continue
-        rest = text[end : end + 2]
-        if not (rest == "" or rest[0] in " -,;" or rest in {": ", ":"}):
-            continue
-        s = _STATUS_AFTER_CODE.match(text, end + (1 if rest[:1] == ":" else 0))
-        return int(m.group()), (_status(s, 1) if s is not None else None), end
-    return None
+    else:
+        for m in _CODE_ANY.finditer(text, start):
+            begin = m.start()
+            if not (begin and text[begin - 1] == ":" and _in_ipv6_literal(text, begin)):
+                break
+        else:
+            return None
+    end = m.end()
+    s = _STATUS_AFTER_CODE.match(text, end + (text[end : end + 1] == ":"))
+    return int(m.group()), (_status(s, 1) if s is not None else None), end
 
 
 def _in_ipv6_literal(text: str, begin: int) -> bool:

@@ -18,6 +18,7 @@ one set intersection, so the cost grows with the text, not with the number of ru
 
 from __future__ import annotations
 
+import operator
 import re
 import tomllib
 from collections import Counter
@@ -276,12 +277,11 @@ class RuleSet:
                 if pair[1].words <= words:
                     hits.append(pair)  # noqa: PERF401
         if len(hits) > 1:
-            hits.sort(key=_rule_index)
+            hits.sort(key=_RULE_INDEX)
         return hits
 
 
-def _rule_index(pair: tuple[int, Phrase]) -> int:
-    return pair[0]
+_RULE_INDEX: Final = operator.itemgetter(0)
 
 
 def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
