@@ -89,6 +89,26 @@ def test_a_label_domain_valid_in_idna2008_passes_by_default() -> None:
     assert (got.ok, got.allowance, got.wire) == (True, "a-label-domain", address)
 
 
+@pytest.mark.parametrize("domain", ["1.xn--4dbc.com", "xn--4dbc.1.com", "xn--4dbc.1a.org"])
+def test_a_label_allowance_applies_the_bidi_rule_across_labels(domain: str) -> None:
+    """RFC 5893 §2: once a label is right-to-left, every label must pass the Bidi Rule
+    ("1.xn--4dbc.com" is 1.אבג.com, displayed like אבג.1.com). The idna package checks
+    each label alone, so the syntax-mode A-label allowance must not let these through
+    where email-validator (strict) refuses them."""
+    address = f"user@{domain}"
+    assert check_address(address, mode="strict").ok is False
+    got = check_address(address)
+    assert (got.ok, got.allowance) == (False, None)
+    assert got.error is not None
+    assert "IDNA" in got.error
+
+
+def test_an_rtl_a_label_domain_that_keeps_the_bidi_rule_still_passes() -> None:
+    for address in ("user@xn--4dbc.com", "user@mail.xn--4dbc.com"):
+        got = check_address(address)
+        assert (got.ok, got.wire) == (True, address)
+
+
 @pytest.mark.parametrize(
     "address",
     [

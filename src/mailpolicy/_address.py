@@ -50,6 +50,7 @@ _PATH_BREAKERS = re.compile(r"[<>\s\"\\]")
 # §4.1.2 source routes, which relays may honour), or a list ("a@b,c@x").
 _ROUTE_BREAKERS = re.compile(r"[@,:;]")
 _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_RTL: Final = frozenset({"R", "AL", "AN"})  # right-to-left bidi classes (RFC 5893 §1.4)
 _SPECIAL_USE_NOT_LOCAL: Final = frozenset(email_validator.SPECIAL_USE_DOMAIN_NAMES) - {"localhost"}
 
 
@@ -120,8 +121,15 @@ def _allowance(local: str, domain: str) -> tuple[str, str] | None:
         try:
             # IDNA 2008 (the idna package, as email-validator itself uses), CONTEXTJ
             # included; the A-label must round-trip unchanged.
-            if idna.encode(idna.decode(lowered)).decode("ascii") != lowered:
+            unicode_domain = idna.decode(lowered)
+            if idna.encode(unicode_domain).decode("ascii") != lowered:
                 return None
+            # The idna package checks the Bidi Rule per label; RFC 5893 §2 applies it to
+            # every label once one label is right-to-left ("1.xn--4dbc.com" reads like
+            # "xn--4dbc.1.com"), as email-validator does (syntax.py) for the names it sees.
+            if any(unicodedata.bidirectional(c) in _RTL for c in unicode_domain):
+                for label in unicode_domain.split("."):
+                    idna.check_bidi(label, check_ltr=True)
         except idna.IDNAError:
             return None
         name = "a-label-domain"
