@@ -229,6 +229,36 @@ def test_malformed_addresses_raise_value_error_as_django_does(site: SMTPTestServ
     assert site.rcpt_addresses() == []
 
 
+def test_unicode_domains_go_on_the_wire_as_idna_2008(site: SMTPTestServer) -> None:
+    """Django converts a Unicode domain with IDNA 2003, which maps "faß" to "fass" and
+    "βόλος" to "βόλοσ": other domains. The envelope carries IDNA 2008 A-labels instead
+    (UTS 46 deviations), and the domains Django's own test converts stay as it has them."""
+    m = message(
+        "to@faß.example",
+        "Name <cc@βόλος.example>",
+        "x@漢字.example.com",
+        from_email="lists@discussão.example.org",
+    )
+    assert m.send() == 1
+    assert site.messages[0].mail_from == "lists@xn--discusso-xza.example.org"
+    assert list(site.messages[0].rcpt_tos) == [
+        "to@xn--fa-hia.example",
+        "cc@xn--nxasmm1c.example",
+        "x@xn--p8s937b.example.com",
+    ]
+    assert report_of(m).all_delivered
+
+
+@pytest.mark.skipif(django.VERSION >= (6, 1), reason="6.1 raises ValueError, as Django does")
+def test_a_unicode_local_part_is_sent_as_written_with_smtputf8(site: SMTPTestServer) -> None:
+    """Django 5.2's envelope wrote "jürgen@x" as "=?utf-8?q?j=C3=BCrgen?=@x", a mailbox
+    nobody has; with a server that offers SMTPUTF8 it goes as written."""
+    m = message("jürgen@example.de")
+    assert m.send() == 1
+    assert list(site.messages[0].rcpt_tos) == ["jürgen@example.de"]
+    assert site.messages[0].smtputf8
+
+
 # --- deferred and held: no store yet ------------------------------------------------------
 
 

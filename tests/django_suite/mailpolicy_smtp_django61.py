@@ -16,6 +16,7 @@ import logging
 from unittest import expectedFailure, mock
 
 import structlog
+from django.core.mail import EmailMessage
 from django.core.mail.backends import smtp
 from mail import test_backends as django_tests  # type: ignore[import-not-found]  # the sdist's tests/
 
@@ -44,6 +45,17 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         """Sanity: both routes really build mailpolicy's backend."""
         assert smtp.EmailBackend is EmailBackend  # type: ignore[comparison-overlap]  # patched
         assert isinstance(self.create_backend(), EmailBackend)
+
+    def test_mailpolicy_unicode_domains_as_idna_2008(self) -> None:
+        """Beyond Django's own test_encodes_idna_in_smtp_commands: prep_address() converts
+        with IDNA 2003 (faß -> fass, βόλος -> βόλοσ: other domains); ours, IDNA 2008."""
+        email = EmailMessage(
+            from_email="lists@discussão.example.org", to=["to@faß.example", "cc@βόλος.example"]
+        )
+        self.create_backend().send_messages([email])
+        envelope = self.get_smtp_envelopes()[0]
+        assert envelope["mail_from"] == "lists@xn--discusso-xza.example.org"
+        assert envelope["rcpt_tos"] == ["to@xn--fa-hia.example", "cc@xn--nxasmm1c.example"]
 
 
 for _name in EXCEPTIONS:

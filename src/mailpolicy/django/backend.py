@@ -34,6 +34,7 @@ from django.utils.functional import cached_property
 
 from .._classify import classify_error
 from .._errors import ConfigurationError
+from .._message import split_addresses
 from .._outcome import DeliveryReport
 from .._policy import Policy
 from .._sender import Sender
@@ -50,6 +51,15 @@ _MODERN: Final = django.VERSION >= (6, 1)
 _log = structlog.get_logger("mailpolicy")
 #: Bound at import: tests patch ``smtplib.SMTP`` with a mock.
 _SMTP: Final = smtplib.SMTP
+
+
+def _addr_spec(address: str | tuple[str, str]) -> str:
+    """The addr-spec of an entry that passed ``sanitize_address()`` (one mailbox, a
+    header-style string or a (name, address) tuple), as the user wrote it."""
+    if isinstance(address, tuple):
+        return address[1]
+    found = split_addresses(address)
+    return found[0] if len(found) == 1 else address
 
 
 def _with_crlf_as_bytes(message: Message) -> Message:
@@ -326,17 +336,30 @@ class EmailBackend(smtp.EmailBackend):
         return report
 
     def _envelope(self, email_message: EmailMessage) -> tuple[str, list[str]]:
-        """Django's own envelope preparation: ``ValueError("Invalid address ...")`` for
-        malformed or injection-like addresses, IDNA for non-ASCII domains."""
+        """Django's own envelope checks: ``ValueError("Invalid address ...")`` for
+        malformed or injection-like addresses and for an entry naming several addresses,
+        and on 6.1 for a non-ASCII local part, as Django's SMTP backend raises.
+
+        Their result is not what goes on the wire: Django converts a Unicode domain with
+        IDNA 2003 (``punycode()``), which maps ``faß.example`` to ``fass.example``,
+        another domain (UTS 46 deviations), and 5.2 writes a non-ASCII local part as an
+        encoded-word, an address nobody has. The addr-specs go to the Sender as written;
+        its pre-validation puts IDNA 2008 A-labels on the wire and sends a Unicode local
+        part only with SMTPUTF8 (as the Flask-Mailman backend does)."""
         prep = getattr(self, "prep_address", None)
         if prep is not None:  # Django >= 6.1
-            return prep(email_message.from_email), [prep(a) for a in email_message.recipients()]
-        encoding = email_message.encoding or settings.DEFAULT_CHARSET
 
-        def prepare(address: str) -> str:
-            # sanitize_address() keeps the display name (RFC 2047 encoded); smtplib's
-            # sendmail() then quotes the addr-spec alone, and so do we.
-            return smtplib.quoteaddr(sanitize_address(address, encoding))[1:-1]
+            def prepare(address: str) -> str:
+                prep(address)  # Django's check, with its ValueError
+                addr_spec: str = prep(address, force_ascii=False)
+                return addr_spec
+
+        else:
+            encoding = email_message.encoding or settings.DEFAULT_CHARSET
+
+            def prepare(address: str) -> str:
+                sanitize_address(address, encoding)  # Django's check, with its ValueError
+                return _addr_spec(address)
 
         return prepare(email_message.from_email), [prepare(a) for a in email_message.recipients()]
 
