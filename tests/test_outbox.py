@@ -238,11 +238,7 @@ def test_cli_outbox_and_suppression_round_trip(tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_soft_bounces_escalate_to_suppression(
-    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
-) -> None:
-    """[suppression] soft_bounce_limit full-mailbox replies within the window put the
-    address on the list (a policy with a limit of 3)."""
+def _soft_policy(tmp_path: Path) -> Any:
     from mailpolicy import load_policy
 
     policy_file = tmp_path / "soft.toml"
@@ -250,18 +246,60 @@ def test_soft_bounces_escalate_to_suppression(
         'schema = 1\nname = "soft"\nextends = "default"\ndescription = "three soft bounces"\n'
         '[suppression]\nsoft_bounce_limit = 3\nsoft_bounce_window = "7d"\n'
     )
+    return load_policy(policy_file)
+
+
+def test_soft_bounces_escalate_to_suppression(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """[suppression] soft_bounce_limit messages that ended on a full mailbox within the
+    window put the address on the list (a policy with a limit of 3)."""
     store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
-    smtp_server.script.rcpt("carl@example.org", *["452 4.2.2 Mailbox full"] * 3)
+    smtp_server.script.rcpt("carl@example.org", *["552 5.2.2 Mailbox full"] * 3)
     sender = Sender(
         smtp_server.host, smtp_server.port, security="none", store=store,
-        policy=load_policy(policy_file), clock=clock.time, monotonic=clock.now,
+        policy=_soft_policy(tmp_path), clock=clock.time, monotonic=clock.now,
         sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
     )  # fmt: skip
     with sender:
         states = [sender.send(message("carl@example.org")).outcomes[0].state for _ in range(4)]
     store.close()
-    assert states == ["deferred", "deferred", "deferred", "suppressed"]
+    assert states == ["bounced", "bounced", "bounced", "suppressed"]
     assert smtp_server.rcpt_addresses().count("carl@example.org") == 3
+
+
+def test_one_message_retried_on_a_full_mailbox_counts_one_soft_bounce(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A message deferred on "452 4.2.2 Mailbox full" and retried by the worker until the
+    queue gives up (3 days under the default policy) is one soft bounce, not one per
+    retry: with a limit of 3 the address is not listed, and the next message goes out."""
+    store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
+    smtp_server.script.rcpt("carl@example.org", *["452 4.2.2 Mailbox full"] * 200)
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", store=store,
+        policy=_soft_policy(tmp_path), clock=clock.time, monotonic=clock.now,
+        sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
+    )  # fmt: skip
+    with sender:
+        assert sender.send(message("carl@example.org")).outcomes[0].state == "deferred"
+    worker = Worker(
+        store, smtp_server.host, smtp_server.port, security="none",
+        policy=_soft_policy(tmp_path), clock=clock.time, monotonic=clock.now,
+        sleep=clock.sleep, relays=RelayRegistry(),
+    )  # fmt: skip
+    rounds = 0
+    while store.counts(now=clock.time())["deferred"] and rounds < 100:
+        clock.advance(3 * 3600)
+        worker.run_once()
+        rounds += 1
+    counts = store.counts(now=clock.time())
+    assert (counts["deferred"], counts["bounced"]) == (0, 1)
+    retries = smtp_server.rcpt_addresses().count("carl@example.org")
+    assert retries > 3  # more retries than the limit: each would have counted before
+    assert store.suppressed("carl@example.org", now=clock.time()) is None
+    assert store.record_soft_bounce("carl@example.org", now=clock.time(), window=7 * 86400) == 2
+    store.close()
 
 
 def test_worker_threads_share_the_outbox_without_duplicates(
@@ -457,7 +495,7 @@ def test_a_locked_database_does_not_lose_a_delivery(
     store = open_store(f"sqlite:///{path}?timeout=0.05")
     _deferred(smtp_server, store, clock, "ann@example.org", "bob@example.org")
     if locked_at == "record_soft_bounce":
-        smtp_server.script.rcpt("bob@example.org", "452 4.2.2 Mailbox full")
+        smtp_server.script.rcpt("bob@example.org", "552 5.2.2 Mailbox full")
     blocker = sqlite3.connect(path, isolation_level=None)
     locked: list[bool] = []
 

@@ -107,9 +107,11 @@ class AddressSettings:
 class SuppressionSettings:
     """Whether ``suppress`` decisions add to the list, and for how long (None: forever).
 
-    Soft bounces escalate: a recipient-level failure that is not final (a full mailbox, a
-    4xx "user unknown") counts for its address in the store; ``soft_bounce_limit`` of them
-    within ``soft_bounce_window`` put the address on the list (0 turns this off).
+    Soft bounces escalate: a message that ends undelivered on a failure that does not
+    prove the address dead (a permanent full mailbox; the queue giving up on a 4xx full
+    mailbox or "user unknown") counts once for its address in the store, its retries not
+    at all; ``soft_bounce_limit`` of them within ``soft_bounce_window`` put the address on
+    the list (0 turns this off).
     """
 
     enabled: bool = True

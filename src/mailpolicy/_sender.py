@@ -48,8 +48,8 @@ _DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25
 #: Stages at which a failure is the relay's, for the circuit breaker.
 _CONNECTION_STAGES: Final = frozenset({"connect", "greeting", "ehlo", "starttls"})
 _NETWORK_REASONS: Final = frozenset({"network_error", "timeout"})
-#: Failures that say something about the address without being final (DESIGN.md §2):
-#: they count toward [suppression] soft_bounce_limit.
+#: Failures that say something about the address without proving it dead (DESIGN.md §2):
+#: a message that ends on one counts toward [suppression] soft_bounce_limit.
 _SOFT_BOUNCE_REASONS: Final = DEAD_ADDRESS_REASONS | {"mailbox_full"}
 
 
@@ -453,18 +453,25 @@ class Sender:
         self, store: Store, address: str, o: RecipientOutcome, now: float
     ) -> None:
         """Add ``address`` to the suppression list when the policy suppressed it, or when
-        this soft bounce (a full mailbox, a 4xx dead-address reply) is the policy's
-        ``soft_bounce_limit``-th within ``soft_bounce_window``."""
+        this soft bounce is the policy's ``soft_bounce_limit``-th within
+        ``soft_bounce_window``.
+
+        A soft bounce is a message that *ended* undelivered for a reason that says
+        something about the address without proving it dead: a permanent "mailbox full",
+        or the queue giving up after retrying a full mailbox or a 4xx "user unknown".
+        Each message counts once, when it ends; its retries count for nothing: one
+        message to a full mailbox, retried for days, must not list the address
+        (DESIGN.md §2: no suppression for a 4xx)."""
         suppression = self._suppression_for(address)
         if not suppression.enabled:
             return
         text = o.text
         if o.action != "suppress" or o.state != "bounced":
-            # A soft bounce: the address is not proven dead (deferred), or it is a full
-            # mailbox even when permanent - never a hard bounce the policy chose not to
-            # suppress (that was the policy's decision, not a count to reach).
-            soft = (o.state == "deferred" and o.reason in _SOFT_BOUNCE_REASONS) or (
-                o.state == "bounced" and o.reason == "mailbox_full"
+            # Never a hard bounce the policy chose not to suppress: that was the
+            # policy's decision, not a count to reach.
+            gave_up = o.action not in ("bounce", "suppress")
+            soft = o.state == "bounced" and (
+                (gave_up and o.reason in _SOFT_BOUNCE_REASONS) or o.reason == "mailbox_full"
             )
             if not soft or suppression.soft_bounce_limit <= 0:
                 return
