@@ -302,6 +302,44 @@ def test_one_message_retried_on_a_full_mailbox_counts_one_soft_bounce(
     store.close()
 
 
+def test_a_hold_does_not_count_toward_give_up_after(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """DESIGN.md §1: held is "kept, neither bounced nor retried on the normal schedule".
+    Held for two days on a relay-access refusal (retried hourly), then the configuration
+    is fixed and the server greylists once: the recipient is deferred and then delivered,
+    not bounced because two days exceed the give-up time of the transactional policy."""
+    from mailpolicy import load_policy
+
+    policy = load_policy("transactional")  # give_up_after 24h
+    relays = RelayRegistry()
+    smtp_server.script.rcpt("ann@example.org", *["554 5.7.1 Relay access denied"] * 100)
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", store=store, policy=policy,
+        clock=clock.time, monotonic=clock.now, sleep=clock.sleep, relays=relays,
+        local_hostname="client.test",
+    )  # fmt: skip
+    with sender:
+        assert sender.send(message("ann@example.org")).outcomes[0].state == "held"
+    worker = Worker(
+        store, smtp_server.host, smtp_server.port, security="none", policy=policy,
+        clock=clock.time, monotonic=clock.now, sleep=clock.sleep, relays=relays,
+    )  # fmt: skip
+    for _ in range(48):
+        clock.advance(3600)
+        worker.run_once()
+    assert store.counts(now=clock.time())["held"] == 1
+    smtp_server.reset()
+    smtp_server.script.rcpt("ann@example.org", "450 4.7.1 Greylisted, try again in 300 seconds")
+    clock.advance(3600)
+    worker.run_once()
+    assert store.counts(now=clock.time())["deferred"] == 1
+    clock.advance(3600)
+    worker.run_once()
+    assert store.counts(now=clock.time())["delivered"] == 1
+    assert smtp_server.delivered_to("ann@example.org") == 1
+
+
 def test_worker_threads_share_the_outbox_without_duplicates(
     smtp_server: SMTPTestServer, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +36,7 @@ from ._sender import Sender, _Pending
 from ._session import Security
 from ._store import (
     Attempt,
+    AttemptRecord,
     Claim,
     RecipientUpdate,
     Store,
@@ -113,6 +114,24 @@ def _update(key: int, o: RecipientOutcome, *, attempted_at: float | None = None)
         next_attempt_at=None if o.next_attempt_at is None else o.next_attempt_at.timestamp(),
         attempt=attempt,
     )
+
+
+def _schedule_clock(
+    journal: Sequence[AttemptRecord], first_failure_at: float | None, now: float
+) -> tuple[float, list[float]]:
+    """Where a recipient's retry schedule starts, and its failed attempts so far (this one
+    included), for the queue tier.
+
+    A hold is not part of the schedule (DESIGN.md §1: held is kept, "neither bounced nor
+    retried on the normal schedule"): once a recipient has been held, ``give_up_after``
+    and the schedule's stages count from its first failure after the last hold. A relay
+    that refused our credentials over a weekend does not make Monday's first 4xx a
+    bounce."""
+    last_held = max((i for i, a in enumerate(journal) if a.state == "held"), default=-1)
+    if last_held < 0:
+        return (first_failure_at or now), [*(a.at for a in journal), now]
+    since = [a.at for a in journal[last_held + 1 :]]
+    return (since[0] if since else now), [*since, now]
 
 
 class Worker:
@@ -329,8 +348,10 @@ class Worker:
         now = self._clock()
         finished: list[tuple[str, RecipientOutcome]] = []
         for stored, p in zip(due, pending, strict=True):
-            history = [a.at for a in self.store.journal(recipient_key=stored.key)]
-            outcome = sender._finish(p, stored.first_failure_at or now, now, [*history, now])
+            first_failure_at, history = _schedule_clock(
+                self.store.journal(recipient_key=stored.key), stored.first_failure_at, now
+            )
+            outcome = sender._finish(p, first_failure_at, now, history)
             finished.append((p.wire, outcome))
             self.stats.count(outcome.state)
             updates.append(_update(stored.key, outcome, attempted_at=now))
