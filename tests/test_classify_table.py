@@ -438,6 +438,25 @@ def test_multiline_uses_the_first_line_code_and_all_text() -> None:
         "policy_blocked",
         "microsoft.ip-block",
     )
+    # Gmail's per-mailbox rate limit as it is sent: the phrase runs across the
+    # "450-4.2.1" that starts the next line (it read as X.2.1 "mailbox disabled").
+    gmail = (
+        "450-4.2.1 The user you are trying to contact is receiving mail at a rate that\r\n"
+        "450-4.2.1 prevents additional messages from being delivered. Please resend your\r\n"
+        "450-4.2.1 message at a later time. If the user is able to receive mail at that\r\n"
+        "450-4.2.1 time, your message will be delivered. For more information, please\r\n"
+        "450 4.2.1  https://support.google.com/mail/?p=ReceivingRate d2si1234567qkb.22 - gsmtp"
+    )
+    v = classify(gmail, stage="rcpt")
+    assert (v.code, v.status, v.reason, v.rule, v.scope, v.action) == (
+        450, "4.2.1", "rate_limited", "google.recipient-rate-limit", "recipient", "throttle"
+    )  # fmt: skip
+    # The same reply as smtplib hands it over: the codes stripped, the statuses kept.
+    read = "450 " + "\n".join(line[4:] for line in gmail.split("\r\n"))
+    assert classify(read, stage="rcpt").rule == "google.recipient-rate-limit"
+    # Only the first line's code is a continuation prefix; "qmail" style \n alone too.
+    v = classify("550-5.1.1 The email account that you tried to reach does\n550 5.1.1 not exist.")
+    assert (v.reason, v.rule) == ("mailbox_unknown", "google.no-such-account")
 
 
 _SUBJECTS = ("user", "recipient", "mailbox", "account", "addressee", "address")

@@ -471,13 +471,35 @@ def test_throttle_pauses_the_relay(
     assert (first.reason, first.action) == ("rate_limited", "throttle")
     connections = smtp_server.connections
     paused = s.send(message("bob@example.org")).outcomes[0]
-    assert (paused.state, paused.rule, paused.attempts) == ("deferred", "circuit.open", 0)
+    assert (paused.state, paused.rule, paused.attempts) == ("deferred", "relay.paused", 0)
+    assert paused.reason == "rate_limited"  # not the circuit's network_error: it is closed
     assert "paused" in paused.text
     assert paused.next_attempt_at is not None
     assert paused.next_attempt_at.timestamp() >= clock.time() + 290
     assert smtp_server.connections == connections
     clock.advance(301)
     assert s.send(message("carl@example.org")).outcomes[0].state == "delivered"
+
+
+def test_one_mailboxs_rate_limit_does_not_pause_the_relay(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    """Gmail's "the user you are trying to contact is receiving mail at a rate..." is one
+    mailbox's intake: that recipient is deferred for at least the throttle's pause, and
+    the next message, to another destination, goes out at once."""
+    smtp_server.script.rcpt(
+        "ann@gmail.example",
+        "450-4.2.1 The user you are trying to contact is receiving mail at a rate that\r\n"
+        "450 4.2.1 prevents additional messages from being delivered. Please resend later.",
+    )
+    s = sender_for(smtp_server)
+    first = s.send(message("ann@gmail.example")).outcomes[0]
+    assert (first.state, first.reason, first.action) == ("deferred", "rate_limited", "throttle")
+    assert first.next_attempt_at is not None
+    assert first.next_attempt_at.timestamp() >= clock.time() + 290
+    other = s.send(message("bob@other.example")).outcomes[0]
+    assert (other.state, other.attempts) == ("delivered", 1)
+    assert smtp_server.delivered_to("bob@other.example") == 1
 
 
 def test_the_deadline_caps_a_whole_send_not_only_each_command(

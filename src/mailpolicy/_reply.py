@@ -222,6 +222,31 @@ def _count_codes(text: str, end: int) -> int:
     return n
 
 
+# The code and enhanced status that start each continuation line of a multi-line reply
+# (RFC 5321 §4.2.1; RFC 2034 repeats the status on every line). smtplib strips the codes
+# and keeps the statuses, so a reply read by the sender has lines starting "4.2.1 ".
+_CONTINUATION = re.compile(
+    r"\n[ \t]*(?:([2-5][0-9][0-9])(?:[ -]|(?=[\r\n]|\Z)))?"
+    r"[ \t]*(?:#?([245]\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9.]))?"
+)
+
+
+def _continuation_prefixes_removed(lowered: str, code: str, status: str | None) -> str:
+    """``lowered`` with the prefix of each continuation line (the first line's code, its
+    status, or both) replaced by a space. A line with another code is a relay's
+    transcript ("503 need RCPT" after the reply): it stays as it is."""
+
+    def strip(m: re.Match[str]) -> str:
+        line_code, line_status = m.group(1), m.group(2)
+        if line_code is not None and line_code != code:
+            return m.group(0)
+        if line_code is None and (line_status is None or line_status != status):
+            return m.group(0)
+        return "\n "
+
+    return _CONTINUATION.sub(strip, lowered)
+
+
 def parse_reply(
     reply: str | bytes | bytearray | memoryview, *, want_stage: bool = True
 ) -> ParsedReply:
@@ -244,6 +269,12 @@ def parse_reply(
         s = _LEADING_STATUS.match(text, code_end)
         if s is not None:
             status = _status(s, 1)
+        if "\n" in lowered:
+            # Phrases run across lines ("...receiving mail at a rate that\r\n450-4.2.1
+            # prevents additional messages..."): the words matched must not include the
+            # code and status that repeat at the start of every continuation line.
+            written = None if s is None else s.group(0).strip(" \t#")
+            lowered = _continuation_prefixes_removed(lowered, m.group(1), written)
     else:
         # Prose: find the quoted reply, preferring the place a relay says it put it.
         found = None

@@ -80,6 +80,19 @@ _RETRY: Final = Decision(action="retry", rule="inline", retry=True, suppress=Fal
 _DONE: Final = Decision(action="deliver", rule="done", retry=False, suppress=False)
 #: ... or none was, and nothing asks for an inline retry: not a success for the relay.
 _STOP: Final = Decision(action="defer", rule="done", retry=False, suppress=False)
+#: What a recipient not tried because a throttle paused the relay is told.
+_RELAY_PAUSED: Final = Verdict(
+    code=None,
+    status=None,
+    kind="transient",
+    reason="rate_limited",
+    retry=True,
+    suppress=False,
+    scope="relay",
+    retry_after=None,
+    rule="relay.paused",
+    stage=None,
+)
 _CIRCUIT_OPEN: Final = Verdict(
     code=None,
     status=None,
@@ -527,7 +540,7 @@ class Sender:
                     relay.refund_retry(policy.budget)
                 for p in todo:
                     if p.verdict is None:  # never tried; else its real failure stays
-                        p.verdict, p.text = _CIRCUIT_OPEN, why
+                        p.verdict, p.text = (_RELAY_PAUSED if paused else _CIRCUIT_OPEN), why
                     destination = policy.destination_for(p.wire.rpartition("@")[2])
                     p.decision = Decision(
                         action="defer",
@@ -688,11 +701,17 @@ class Sender:
             batch = rebatch
 
     def _apply_throttle(self, judged: Sequence[_Pending], relay: RelayState) -> None:
-        """A ``throttle`` decision pauses the whole relay for its ``pause``."""
+        """A ``throttle`` decision on a relay-wide rate limit pauses the relay for its
+        ``pause``. One mailbox's rate limit (Gmail's "the user you are trying to contact
+        is receiving mail at a rate...", scope ``recipient``) defers that recipient for at
+        least the pause (the queue's floor) and leaves every other destination alone."""
         pauses = [
             p.decision.pause
             for p in judged
-            if p.decision is not None and p.decision.action == "throttle" and p.decision.pause
+            if p.decision is not None
+            and p.decision.action == "throttle"
+            and p.decision.pause
+            and (p.verdict is None or p.verdict.scope == "relay")
         ]
         if pauses:
             relay.pause(self._monotonic() + max(pauses))
