@@ -398,8 +398,26 @@ def test_one_attempt_event_per_attempt_at_debug(
     attempts = [e for e in logs if e["event"] == "mail.attempt"]
     assert [(e["attempt"], e["log_level"]) for e in attempts] == [(1, "debug"), (2, "debug")]
     assert attempts[0]["code"] == 421
+    assert attempts[0]["stage"] == "greeting"
     assert attempts[0]["actions"] == {"retry": 2}
     assert attempts[1]["actions"] == {"deliver": 2}
+
+
+def test_a_refusing_greeting_is_the_greeting_stage(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], tmp_path: Any
+) -> None:
+    """The server answered the connection with 554: that is its greeting, not a failure
+    to connect, so a policy rule on stage "greeting" applies (DESIGN.md §2 stages)."""
+    from mailpolicy import load_policy
+
+    (tmp_path / "greet.toml").write_text(
+        'schema = 1\nname = "greet"\nextends = "default"\n'
+        '[[rules]]\nname = "greeting-refusal"\nwhen = { stage = "greeting" }\naction = "hold"\n'
+    )
+    smtp_server.script.greeting("554 5.7.1 Your IP is not welcome")
+    sender = sender_for(smtp_server, policy=load_policy(tmp_path / "greet.toml"))
+    (o,) = sender.send(message("ann@example.org")).outcomes
+    assert (o.state, o.action, o.code) == ("held", "hold", 554)
 
 
 def test_wait_after_the_final_dot_is_cut_by_the_in_request_deadline(

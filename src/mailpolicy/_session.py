@@ -224,6 +224,10 @@ class Session:
         try:
             return call()
         except smtplib.SMTPResponseException as exc:
+            if stage == "connect" and isinstance(exc, smtplib.SMTPConnectError):
+                # The socket is up and the server answered: its greeting refused us
+                # (DESIGN.md §2 keeps the two stages apart; policies match on greeting).
+                stage = "greeting"
             failure = StageError(
                 classify_error(exc, stage=stage), _reply_text(exc.smtp_code, exc.smtp_error)
             )
