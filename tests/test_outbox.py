@@ -484,6 +484,25 @@ def _deferred(smtp_server: SMTPTestServer, store: Store, clock: FakeClock, *to: 
     store.retry_now(now=clock.time())
 
 
+def test_a_worker_attempt_emits_its_attempt_event_and_elapsed_time(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """DESIGN.md §5: one mail.attempt event per SMTP attempt, the worker's too (numbered
+    after the send()'s), and mail.delivery carries elapsed_ms."""
+    import structlog
+
+    _deferred(smtp_server, store, clock, "ann@example.org")
+    worker = make_worker(smtp_server, store, clock, RelayRegistry())
+    with structlog.testing.capture_logs() as logs:
+        assert worker.run_once().delivered == 1
+    (attempt,) = [e for e in logs if e["event"] == "mail.attempt"]
+    assert (attempt["attempt"], attempt["recipients"]) == (2, 1)
+    assert attempt["actions"] == {"deliver": 1}
+    (delivery,) = [e for e in logs if e["event"] == "mail.delivery"]
+    assert delivery["state"] == "delivered"
+    assert isinstance(delivery["elapsed_ms"], float)
+
+
 def test_a_batch_claim_is_renewed_before_each_delivery(
     smtp_server: SMTPTestServer, store: Store, clock: FakeClock
 ) -> None:

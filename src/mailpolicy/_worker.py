@@ -342,9 +342,15 @@ class Worker:
         pending = [_Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts) for r in due]
         envelope = check_address(prepared.envelope_from, mode="off")
         smtputf8 = prepared.smtputf8 or envelope.smtputf8  # an IDN domain alone needs none
+        started = sender._monotonic()
         if pending:
             sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
             sender._apply_throttle(pending, relay)
+            # One mail.attempt event per SMTP attempt (DESIGN.md §5), numbered as the
+            # message's attempts so far: the send()'s and the earlier workers' included.
+            number = max(p.attempts for p in pending)
+            sender._emit_attempt(prepared, number, pending, started)
+        elapsed_ms = (sender._monotonic() - started) * 1000
         now = self._clock()
         finished: list[tuple[str, RecipientOutcome]] = []
         for stored, p in zip(due, pending, strict=True):
@@ -361,6 +367,7 @@ class Worker:
                 policy=policy.name,
                 server=sender.relay,
                 style=sender.recipient_style,
+                elapsed_ms=elapsed_ms,
                 worker=self.owner,
             )
         # The server has answered: what it said must not be lost to a briefly locked
