@@ -52,6 +52,10 @@ ROWS: list[Row] = [
     ("552 5.2.2 The recipient's inbox is out of storage space and inactive. https://support.google.com/mail/?p=OverQuotaPerm", "rcpt", 552, "5.2.2", "permanent", "mailbox_full", False, False),
     ("550 5.2.2 <kijitora@example.jp>... Mailbox Full", "rcpt", 550, "5.2.2", "permanent", "mailbox_full", False, False),
     ("552 Requested mail action aborted: exceeded storage allocation", "rcpt", 552, None, "permanent", "mailbox_full", False, False),
+    # --- mailbox_name_invalid: the taxonomy's example, with and without its status
+    ("553-5.1.3 The recipient address <a@b> is not a valid RFC-5321 address. Learn more at\r\n553 5.1.3  https://support.google.com/mail/?p=NotAValidRecipientAddress", "rcpt", 553, "5.1.3", "permanent", "mailbox_name_invalid", False, True),
+    ("553 The recipient address <a@b> is not a valid RFC-5321 address.", "rcpt", 553, None, "permanent", "mailbox_name_invalid", False, True),
+    ("553 The sender address <a@b> is not a valid RFC-5321 address.", None, 553, None, "permanent", "protocol_error", False, False),
     # --- mailbox_unknown (suppress on 5xx at RCPT, retry on 4xx)
     ("550 5.1.1 <bob@example.org>: Recipient address rejected: User unknown in local recipient table", "rcpt", 550, "5.1.1", "permanent", "mailbox_unknown", False, True),
     (
