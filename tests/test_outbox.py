@@ -503,6 +503,40 @@ def test_a_worker_attempt_emits_its_attempt_event_and_elapsed_time(
     assert isinstance(delivery["elapsed_ms"], float)
 
 
+def test_a_refused_password_costs_one_auth_per_hold_not_one_per_message(
+    smtp_server_factory: Callable[..., SMTPTestServer], store: Store, clock: FakeClock
+) -> None:
+    """Twenty queued messages and a wrong password: the worker's first attempt is held
+    (auth_failed) and it makes no other attempt through the relay until the hold ends
+    ([queue] hold_for, 1 h by default): one failed AUTH, not twenty (providers lock
+    accounts and block IPs on counts of those)."""
+    import structlog
+
+    server = smtp_server_factory(auth={"app": "right"}, auth_require_tls=False)
+    server.script.rcpt(*["450 4.2.0 Greylisted"] * 20)
+    with make_sender(server, store, clock, RelayRegistry()) as sender:
+        for i in range(20):
+            sender.send(message(f"u{i}@example.org"))
+    store.retry_now(now=clock.time())
+    worker = Worker(
+        store, server.host, server.port, security="none", username="app",
+        password="wrong",  # noqa: S106 - a test credential
+        allow_insecure_auth=True, clock=clock.time, monotonic=clock.now, sleep=clock.sleep,
+        relays=RelayRegistry(),
+    )  # fmt: skip
+    with structlog.testing.capture_logs() as logs:
+        stats = worker.run_once()
+    assert [a.success for a in server.auth_attempts] == [False]
+    assert (stats.held, stats.deferred) == (1, 0)
+    counts = store.counts(now=clock.time())
+    assert (counts["held"], counts["deferred"], counts["due"]) == (1, 19, 0)
+    (held,) = [e for e in logs if e["event"] == "mail.worker.relay_held"]
+    assert (held["reason"], held["log_level"]) == ("auth_failed", "error")
+    clock.advance(3601)  # the hold is over: one more AUTH, one more hold
+    worker.run_once()
+    assert [a.success for a in server.auth_attempts] == [False, False]
+
+
 def test_a_batch_claim_is_renewed_before_each_delivery(
     smtp_server: SMTPTestServer, store: Store, clock: FakeClock
 ) -> None:

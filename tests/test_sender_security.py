@@ -166,6 +166,9 @@ def test_wrong_password_is_held_and_not_leaked(smtp_server_factory: Factory) -> 
     assert (o.state, o.reason) == ("held", "auth_failed")
     assert PASSWORD not in repr(logs) + repr(report) + o.text
     assert mail_commands(server) == []
+    # One AUTH per connection: smtplib's login() tried LOGIN after PLAIN was refused, so
+    # a wrong password counted double against account-lockout limits.
+    assert [(a.mechanism, a.success) for a in server.auth_attempts] == [("PLAIN", False)]
 
 
 def test_insecure_auth_only_when_explicitly_allowed(smtp_server_factory: Factory) -> None:

@@ -153,3 +153,10 @@ def worker_suppression_failed(**fields: Any) -> None:
     """A dead address could not be added to the suppression list (the store stayed
     locked); the attempt itself was recorded."""
     _log("warning", "mail.worker.suppression_failed", **fields)
+
+
+def worker_relay_held(**fields: Any) -> None:
+    """The relay refused our own configuration (credentials, TLS): the worker makes no
+    attempt through it until ``until``, so a wrong password costs one failed AUTH per
+    hold, not one per queued message."""
+    _log("error", "mail.worker.relay_held", **fields)

@@ -47,6 +47,11 @@ from ._store import (
 from ._vocab import as_reason
 
 DEFAULT_LEASE: Final = 15 * 60.0
+#: Held reasons that are about the whole relay connection, not one message: after one,
+#: the worker stops trying the relay until the hold ends.
+_OUR_CONFIGURATION: Final = frozenset(
+    {"auth_failed", "auth_required", "tls_failed", "tls_required"}
+)
 #: Tries at recording an attempt while the database stays locked (waits of 1, 2, 4, 8,
 #: 16 s between them, each try itself waiting up to the store's busy timeout).
 RECORD_ATTEMPTS: Final = 6
@@ -194,6 +199,8 @@ class Worker:
         )
         self.stop_requested = threading.Event()
         self.stats = WorkerStats()
+        # Until when the relay refused our own configuration (credentials, TLS).
+        self._relay_held_until: float | None = None
         # Messages are sent through the relay they were saved with: a worker claims only
         # its own relay's, unless all_relays (the relay's credentials, SPF/DKIM alignment
         # and quotas belong to it).
@@ -216,6 +223,17 @@ class Worker:
         for sender in self._senders.values():
             sender.close()
         self._senders.clear()
+
+    def _hold_relay(self, outcome: RecipientOutcome, until: float, server: str) -> None:
+        if self._relay_held_until is None or until > self._relay_held_until:
+            self._relay_held_until = until
+            events.worker_relay_held(
+                worker=self.owner,
+                server=server,
+                reason=outcome.reason,
+                code=outcome.code,
+                until=until,
+            )
 
     def run_once(self) -> WorkerStats:
         """Deliver everything due now, and what becomes due while this runs (within the
@@ -298,6 +316,12 @@ class Worker:
         sender = self._sender_for(claim.message.policy)
         policy = sender.policy
         relay = sender._relays.get(sender.settings.host, sender.settings.port)
+        if self._relay_held_until is not None and self._clock() < self._relay_held_until:
+            # The relay refused our credentials or TLS: each attempt would be one more
+            # failed AUTH against the account's lockout limit. Wait for the hold to end.
+            self.stats.circuit_waits += 1
+            self.store.release(claim, now=self._clock(), next_attempt_at=self._relay_held_until)
+            return
         now_m = sender._monotonic()
         if not relay.allow_attempt(policy.circuit, now=now_m):
             # The relay is down or paused by a throttle: wait without spending an attempt
@@ -360,6 +384,8 @@ class Worker:
             outcome = sender._finish(p, first_failure_at, now, history)
             finished.append((p.wire, outcome))
             self.stats.count(outcome.state)
+            if outcome.state == "held" and outcome.reason in _OUR_CONFIGURATION:
+                self._hold_relay(outcome, now + policy.queue.hold_for, sender.relay)
             updates.append(_update(stored.key, outcome, attempted_at=now))
             events.outcome(
                 replace(outcome, persisted=outcome.state in ("deferred", "held")),
