@@ -249,6 +249,32 @@ def _soft_policy(tmp_path: Path) -> Any:
     return load_policy(policy_file)
 
 
+def test_cli_reads_only_a_store_that_exists(tmp_path: Path) -> None:
+    """A relative sqlite:/// URL run from another directory (a systemd unit, cron) named
+    a store nobody wrote to: `outbox status` showed an empty outbox and created the file.
+    Reading commands now refuse with the absolute path; the worker says it is creating
+    one; nothing else is created."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+
+    def run(*args: str) -> Any:
+        return subprocess.run([sys.executable, "-m", "mailpolicy", *args], capture_output=True,
+                              text=True, timeout=60, check=False, cwd=elsewhere)  # fmt: skip
+
+    for command in (("outbox", "status"), ("outbox", "list"), ("suppression", "list")):
+        done = run(*command, "--store", "sqlite:///mail.sqlite3")
+        assert done.returncode == 1, done
+        assert f"no store at {elsewhere / 'mail.sqlite3'}" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (elsewhere / "mail.sqlite3").exists()
+    worker = run("worker", "--store", "sqlite:///mail.sqlite3", "--host", "127.0.0.1",
+                 "--port", "1", "--security", "none", "--once")  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert "no store at" in worker.stderr
+    assert "creating an empty one" in worker.stderr
+    assert (elsewhere / "mail.sqlite3").exists()
+
+
 def test_soft_bounces_escalate_to_suppression(
     smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
 ) -> None:

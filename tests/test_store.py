@@ -759,7 +759,8 @@ def test_store_urls_follow_sqlalchemy(url: str, expected: SQLiteLocation) -> Non
             r"unsupported store URL scheme 'postgresql' \(a PostgreSQL",
         ),
         ("mysql://db/mail", r"unsupported store URL scheme 'mysql'; supported: sqlite:///"),
-        ("foo", r"not a store URL: 'foo'; supported: sqlite:///relative"),
+        ("foo", r"not a store URL: 'foo' \(for that file: sqlite:////.+/foo\); supported"),
+        ("mail.db", r"for that file: sqlite:////.+/mail\.db\)"),  # absolute: cwd-proof
         ("/var/mail.db", r"for that file: sqlite:////var/mail.db"),
         ("sqlite:/mail.db", "not a store URL"),
         ("sqlite:///", "no database path"),

@@ -6,12 +6,16 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Final, TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from . import __version__
 from ._classify import Verdict, classify
 from ._errors import MailPolicyError
 from ._vocab import REASONS, STAGES, Stage
+
+if TYPE_CHECKING:
+    from ._store import Store
 
 #: Exit status when the command ran but some recipient was not delivered.
 EXIT_UNDELIVERED = 2
@@ -170,6 +174,30 @@ def _password(args: argparse.Namespace, command: str) -> str | None:
     return os.environ[args.password_env]
 
 
+def _store_file(url: str) -> Path | None:
+    """The absolute path of a SQLite store URL's file (None: in memory)."""
+    from ._store import MEMORY, parse_store_url  # noqa: PLC0415
+
+    path = parse_store_url(url).path
+    return None if path == MEMORY else Path(path).absolute()
+
+
+def _existing_store(url: str, command: str) -> Store:
+    """Open a store that must already exist: reading or changing an outbox nobody wrote
+    to is a mistake, most often a relative ``sqlite:///`` URL resolved from another
+    working directory than the application's. Nothing is created."""
+    from ._store import open_store  # noqa: PLC0415
+
+    path = _store_file(url)
+    if path is not None and not path.exists():
+        raise SystemExit(
+            f"mailpolicy {command}: no store at {path} (nothing was created). A "
+            f"sqlite:/// URL with three slashes is relative to the working directory "
+            f"({Path.cwd()}); give the application's store, e.g. sqlite:///{path}"
+        )
+    return open_store(url)
+
+
 def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
@@ -181,6 +209,17 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
         raise SystemExit("mailpolicy worker: --concurrency must be at least 1")
     password = _password(args, "worker")
     stop_event = threading.Event()
+    path = _store_file(args.store)
+    if path is not None and not path.exists():
+        # Created (a worker may start before the application first saves), but said
+        # loudly: a relative URL from another directory drains an empty store forever.
+        print(
+            f"mailpolicy worker: warning: no store at {path} yet; creating an empty one. "
+            f"If the application saves elsewhere, give its absolute URL "
+            f"(sqlite:////path/to/store.sqlite3)",
+            file=sys.stderr,
+        )
+    print(f"mailpolicy worker: store {path or ':memory:'}", file=sys.stderr)
     stores = [open_store(args.store) for _ in range(args.concurrency)]
     workers = []
     for store in stores:  # one store connection and one SMTP connection per thread
@@ -245,10 +284,8 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
 def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     import time  # noqa: PLC0415
 
-    from ._store import open_store  # noqa: PLC0415
-
     now = time.time()
-    with open_store(args.store) as store:
+    with _existing_store(args.store, f"outbox {args.outbox_command}") as store:
         if args.outbox_command == "status":
             counts = store.counts(now=now)
             if args.json:
@@ -283,7 +320,12 @@ def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:
     from ._store import open_store  # noqa: PLC0415
 
     now = time.time()
-    with open_store(args.store) as store:
+    opened = (
+        open_store(args.store)  # the one command that may start a list
+        if args.suppression_command == "add"
+        else _existing_store(args.store, f"suppression {args.suppression_command}")
+    )
+    with opened as store:
         if args.suppression_command == "add":
             store.add_suppression(
                 args.address, reason=args.reason, now=now, ttl=args.ttl, text="added by hand"

@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Protocol, Self, runtime_checkable
 from urllib.parse import parse_qsl, unquote
@@ -457,6 +458,10 @@ def parse_store_url(url: str) -> SQLiteLocation:
         hint = ""
         if url.startswith("/"):
             hint = f" (for that file: sqlite:///{url})"
+        elif url and "://" not in url and not url.isspace():
+            # The absolute form: a relative URL depends on the working directory, which a
+            # worker started by systemd or cron does not share with the application.
+            hint = f" (for that file: sqlite:///{Path(url).absolute()})"
         raise StoreError(f"not a store URL: {url!r}{hint}; {_SUPPORTED}")
     scheme = match["scheme"].lower()
     if scheme not in _SQLITE_SCHEMES:
