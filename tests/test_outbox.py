@@ -275,6 +275,34 @@ def test_cli_reads_only_a_store_that_exists(tmp_path: Path) -> None:
     assert (elsewhere / "mail.sqlite3").exists()
 
 
+def test_mail_for_another_relay_is_shown_and_the_worker_says_it_leaves_it(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A worker claims only its relay's messages: after a port change it found nothing,
+    said "0 claim(s)" and left the mail waiting, silently (operator walkthrough review).
+    `outbox status` now lists pending mail per relay and the worker warns about it."""
+    url = f"sqlite:///{tmp_path / 'relays.sqlite3'}"
+    store = open_store(url)
+    _deferred(smtp_server, store, clock, "ann@example.org")
+    store.close()
+
+    def run(*args: str) -> Any:
+        return subprocess.run([sys.executable, "-m", "mailpolicy", *args], capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+
+    status = run("outbox", "status", "--store", url)
+    relay = f"{smtp_server.host}:{smtp_server.port}"
+    assert f"relay {relay}: 1 pending, 1 due" in status.stdout
+    as_json = run("outbox", "status", "--store", url, "--json")
+    assert f'"{relay}": {{"pending": 1, "due": 1}}' in as_json.stdout
+    worker = run("worker", "--store", url, "--host", smtp_server.host, "--port", "1",
+                 "--security", "none", "--once")  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert "0 claim(s)" in worker.stdout
+    assert f"not drained by this worker: {relay} (1 pending, 1 due)" in worker.stderr
+    assert "--all-relays" in worker.stderr
+
+
 def test_soft_bounces_escalate_to_suppression(
     smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
 ) -> None:

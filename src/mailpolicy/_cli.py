@@ -16,6 +16,7 @@ from ._vocab import REASONS, STAGES, Stage
 
 if TYPE_CHECKING:
     from ._store import Store
+    from ._worker import Worker
 
 #: Exit status when the command ran but some recipient was not delivered.
 EXIT_UNDELIVERED = 2
@@ -219,7 +220,6 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
             f"(sqlite:////path/to/store.sqlite3)",
             file=sys.stderr,
         )
-    print(f"mailpolicy worker: store {path or ':memory:'}", file=sys.stderr)
     stores = [open_store(args.store) for _ in range(args.concurrency)]
     workers = []
     for store in stores:  # one store connection and one SMTP connection per thread
@@ -237,6 +237,7 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
         )
         worker.stop_requested = stop_event
         workers.append(worker)
+    _say_what_the_worker_drains(workers[0], path)
 
     def stop(signum: int, frame: object) -> None:
         # Finish the current transaction, release what is claimed but unsent, exit 0.
@@ -281,17 +282,50 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _say_what_the_worker_drains(worker: Worker, path: Path | None) -> None:
+    """On stderr: the store and relay this worker serves, and any mail pending for other
+    relays, which it will not touch (a changed port or host left it behind)."""
+    import time  # noqa: PLC0415
+
+    own = worker.relay
+    print(
+        f"mailpolicy worker: store {path or ':memory:'}, relay {own or 'any (--all-relays)'}",
+        file=sys.stderr,
+    )
+    if own is None:
+        return
+    others = {
+        relay: counts
+        for relay, counts in worker.store.pending_by_relay(now=time.time()).items()
+        if relay != own
+    }
+    if others:
+        listed = ", ".join(f"{r} ({p} pending, {d} due)" for r, (p, d) in others.items())
+        print(
+            f"mailpolicy worker: warning: mail saved for other relays is not drained by "
+            f"this worker: {listed}; run a worker for each, or --all-relays to send it "
+            f"through {own}",
+            file=sys.stderr,
+        )
+
+
 def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
     import time  # noqa: PLC0415
 
     now = time.time()
     with _existing_store(args.store, f"outbox {args.outbox_command}") as store:
         if args.outbox_command == "status":
-            counts = store.counts(now=now)
+            counts: dict[str, Any] = dict(store.counts(now=now))
+            by_relay = store.pending_by_relay(now=now)
             if args.json:
+                counts["relays"] = {r: {"pending": p, "due": d} for r, (p, d) in by_relay.items()}
                 out.write(json.dumps(counts) + "\n")
             else:
                 out.writelines(f"{k:<12} {v}\n" for k, v in counts.items())
+                # A worker drains only the relay a message was saved with: say whose.
+                out.writelines(
+                    f"relay {r}: {p} pending, {d} due\n" for r, (p, d) in by_relay.items()
+                )
         elif args.outbox_command == "list":
             rows = store.list_recipients(state=args.state, message_id=None, limit=args.limit)
             for r in rows:

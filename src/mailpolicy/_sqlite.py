@@ -664,6 +664,18 @@ class SQLiteStore:
             ).fetchone()[0]
         return result
 
+    def pending_by_relay(self, *, now: float) -> dict[str, tuple[int, int]]:
+        _check_times(now=now)
+        with self._transaction("counting by relay", write=False) as db:
+            rows = db.execute(
+                "SELECT m.relay, count(*), count(*) FILTER (WHERE r.next_attempt_at <= :now "
+                "AND (m.lease_until IS NULL OR m.lease_until <= :now)) "
+                "FROM recipients AS r JOIN messages AS m ON m.key = r.message_key "
+                "WHERE r.state IN ('deferred', 'held') GROUP BY m.relay ORDER BY m.relay",
+                {"now": now},
+            ).fetchall()
+        return {relay: (pending, due) for relay, pending, due in rows}
+
     def list_recipients(
         self, *, state: State | None = None, message_id: str | None = None, limit: int = 100
     ) -> list[StoredRecipient]:

@@ -347,6 +347,12 @@ class Store(Protocol):
         ``suppression_list`` (active entries)."""
         ...
 
+    def pending_by_relay(self, *, now: float) -> dict[str, tuple[int, int]]:
+        """Per relay (``host:port``) the message was saved with: its pending (deferred
+        or held) recipients and how many of them are due and not leased. A worker claims
+        only its own relay's: the operator needs to see the others'."""
+        ...
+
     def list_recipients(
         self, *, state: State | None = None, message_id: str | None = None, limit: int = 100
     ) -> list[StoredRecipient]:

@@ -206,6 +206,12 @@ class Worker:
         # and quotas belong to it).
         self._relay_filter = None if all_relays else self._make(load_policy("default")).relay
 
+    @property
+    def relay(self) -> str | None:
+        """The relay (``host:port``) whose saved messages this worker claims; None with
+        ``all_relays``."""
+        return self._relay_filter
+
     def _sender_for(self, name: str) -> Sender:
         policy = self._override
         if policy is None:
