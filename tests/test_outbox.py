@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -301,6 +302,53 @@ def test_mail_for_another_relay_is_shown_and_the_worker_says_it_leaves_it(
     assert "0 claim(s)" in worker.stdout
     assert f"not drained by this worker: {relay} (1 pending, 1 due)" in worker.stderr
     assert "--all-relays" in worker.stderr
+
+
+def test_the_cli_worker_finds_policies_from_files(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """Messages sent under a policy file carry only its name ("shop"): the CLI worker
+    fell back to "default" (5 days instead of shop's 1 day, say) with a warning per
+    message. --policy-file makes the name known; without it, one warning per name."""
+    from mailpolicy import load_policy
+
+    policy_file = tmp_path / "shop.toml"
+    policy_file.write_text(
+        'schema = 1\nname = "shop"\nextends = "transactional"\ndescription = "shop"\n'
+    )
+    url = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
+    store = open_store(url)
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", store=store,
+        policy=load_policy(policy_file), clock=clock.time, monotonic=clock.now,
+        sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
+    )  # fmt: skip
+    with sender:
+        sender.send(message("ann@example.org"))
+        sender.send(message("bob@example.org"))
+    store.retry_now(now=time.time())
+    store.close()
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
+    base = ["worker", "--store", url, "--host", smtp_server.host, "--port",
+            str(smtp_server.port), "--security", "none", "--once"]  # fmt: skip
+
+    def run(*extra: str) -> Any:
+        return subprocess.run([sys.executable, "-m", "mailpolicy", *base, *extra],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+    without = run()
+    assert without.returncode == 0, without.stderr
+    assert without.stderr.count("mail.worker.policy_fallback") == 1  # once per name
+    with sqlite3.connect(tmp_path / "shop.sqlite3") as db:
+        db.execute("UPDATE recipients SET next_attempt_at = 0")  # due again
+    found = run("--policy-file", str(policy_file))
+    assert found.returncode == 0, found.stderr
+    assert "policy_fallback" not in found.stderr
+    assert "2 delivered" in found.stdout
+    bad = run("--policy-file", str(tmp_path / "missing.toml"))
+    assert bad.returncode == 1
+    assert "missing.toml" in bad.stderr
 
 
 def test_soft_bounces_escalate_to_suppression(

@@ -203,12 +203,14 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
+    from ._policy_load import load_policy  # noqa: PLC0415
     from ._store import open_store  # noqa: PLC0415
     from ._worker import Worker, WorkerStats  # noqa: PLC0415
 
     if args.concurrency < 1:
         raise SystemExit("mailpolicy worker: --concurrency must be at least 1")
     password = _password(args, "worker")
+    known = [load_policy(Path(f)) for f in args.policy_file]  # a bad file: an error now
     stop_event = threading.Event()
     path = _store_file(args.store)
     if path is not None and not path.exists():
@@ -234,6 +236,7 @@ def _cmd_worker(args: argparse.Namespace, out: TextIO) -> int:
             lease=args.lease,
             allow_insecure_auth=args.allow_insecure_auth,
             all_relays=args.all_relays,
+            policies=known,
         )
         worker.stop_requested = stop_event
         workers.append(worker)
@@ -509,6 +512,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--password-env", metavar="VAR")
     w.add_argument("--allow-insecure-auth", action="store_true")
     w.add_argument("--policy", help="override the policy each message was sent with")
+    w.add_argument(
+        "--policy-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a policy file the application sends with (repeatable): messages carry only "
+        "the policy's name, so without it a file's policy is not found and 'default' is "
+        "used instead",
+    )
     w.add_argument("--lease", type=_duration, default=900.0, help="claim lease (default 15m)")
     w.add_argument("--poll", type=_duration, default=5.0, help="idle wait between scans")
     w.add_argument("--once", action="store_true", help="deliver what is due now, then exit")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -143,7 +143,10 @@ class Worker:
     """Drains an outbox through one relay.
 
     ``policy`` overrides the policy each message was sent with (default: the message's
-    own, by name; a name that no longer loads falls back to ``default``). Time
+    own, by name). A message saved under a policy loaded from a file carries only its
+    name: ``policies`` are the policies to find by name first (the CLI's
+    ``--policy-file``); then the shipped ones; a name neither knows falls back to
+    ``default``, with one ``mail.worker.policy_fallback`` warning per name. Time
     (``clock``: wall seconds, ``monotonic``, ``sleep``) is injectable for tests.
     """
 
@@ -167,6 +170,7 @@ class Worker:
         owner: str | None = None,
         sender_options: dict[str, object] | None = None,
         all_relays: bool = False,
+        policies: Iterable[Policy] = (),
     ) -> None:
         if not isinstance(store, Store):
             raise InvalidInputError(
@@ -181,6 +185,15 @@ class Worker:
         self._override = None if policy is None else (
             policy if isinstance(policy, Policy) else load_policy(policy)
         )  # fmt: skip
+        self._known: dict[str, Policy] = {}
+        for known in policies:
+            if not isinstance(known, Policy):
+                raise InvalidInputError(
+                    f"policies must be Policy objects (load_policy(path)), not "
+                    f"{type(known).__name__}"
+                )
+            self._known.setdefault(known.name, known)
+        self._fallbacks: set[str] = set()  # names already reported as not found
         self._senders: dict[str, Sender] = {}
         self._make: Callable[[Policy], Sender] = lambda p: Sender(
             host,
@@ -213,13 +226,15 @@ class Worker:
         return self._relay_filter
 
     def _sender_for(self, name: str) -> Sender:
-        policy = self._override
+        policy = self._override or self._known.get(name)
         if policy is None:
             try:
                 policy = load_policy(name)
             except MailPolicyError as exc:  # renamed or removed since the send, or a file
                 policy = load_policy("default")
-                events.worker_policy_fallback(policy=name, used="default", error=str(exc))
+                if name not in self._fallbacks:
+                    self._fallbacks.add(name)
+                    events.worker_policy_fallback(policy=name, used="default", error=str(exc))
         sender = self._senders.get(policy.name)
         if sender is None:
             sender = self._senders[policy.name] = self._make(policy)
