@@ -319,11 +319,32 @@ def test_a_relay_that_refuses_connections_is_retried_then_deferred(fast_policy: 
 
 
 def test_a_421_greeting_at_open_is_retried_inside_send_messages(site: SMTPTestServer) -> None:
+    """open()'s failure is the send's first attempt: counted, logged, within the
+    policy's max_attempts (it was an extra, silent one before them)."""
     site.script.greeting("421 4.3.2 Try again later")
     m = message("ann@example.org")
-    assert mail.get_connection().send_messages([m]) == 1
+    with structlog.testing.capture_logs() as logs:
+        assert mail.get_connection().send_messages([m]) == 1
     assert site.connections == 2
     assert states(m) == {"ann@example.org": ("delivered", "delivered")}
+    assert report_of(m).outcomes[0].attempts == 2
+    attempts = [e for e in logs if e["event"] == "mail.attempt"]
+    assert [(e["attempt"], e["code"], e["stage"]) for e in attempts] == [
+        (1, 421, "greeting"),
+        (2, None, None),
+    ]
+
+
+def test_a_relay_that_keeps_refusing_at_the_greeting_gets_max_attempts_connections(
+    site: SMTPTestServer,
+) -> None:
+    site.script.greeting(*["421 4.3.2 Try again later"] * 10)
+    m = message("ann@example.org")
+    with pytest.raises(DeliveryIncomplete):
+        mail.get_connection().send_messages([m])
+    (outcome,) = report_of(m).outcomes
+    assert (outcome.state, outcome.attempts) == ("deferred", 3)
+    assert site.connections == 3  # the policy's max_attempts, open()'s included
 
 
 # --- with a store ---------------------------------------------------------------------------

@@ -207,6 +207,19 @@ def _lost(exc: BaseException, stage: Stage) -> Verdict:
     return classify_error(cause if isinstance(cause, TimeoutError) else exc, stage=stage)
 
 
+def _stage_error(exc: BaseException, stage: Stage) -> StageError:
+    """The failure of one step: the server's reply, or a lost or refused connection."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        if stage == "connect" and isinstance(exc, smtplib.SMTPConnectError):
+            # The socket is up and the server answered: its greeting refused us
+            # (DESIGN.md §2 keeps the two stages apart; policies match on greeting).
+            stage = "greeting"
+        return StageError(
+            classify_error(exc, stage=stage), _reply_text(exc.smtp_code, exc.smtp_error)
+        )
+    return StageError(_lost(exc, stage), f"{type(exc).__name__}: {exc}")
+
+
 class Session:
     """An SMTP connection that opens on first need and is discarded after 421 or a drop.
 
@@ -218,6 +231,14 @@ class Session:
         self.settings = settings
         self.connection = connection
         self._fresh = connection is None
+        # A connection attempt made (and failed) before this session, by its owner.
+        self._failed_open: StageError | None = None
+
+    def failed_open(self, exc: BaseException) -> None:
+        """Record that connecting already failed with ``exc`` (the Django backend's own
+        ``open()``): the next :meth:`open` raises it instead of connecting, so that
+        failure is the first attempt of the send, counted, logged and judged like one."""
+        self._failed_open = _stage_error(exc, "connect")
 
     @property
     def is_open(self) -> bool:
@@ -249,18 +270,9 @@ class Session:
     def _step(self, stage: Stage, call: Callable[[], T]) -> T:
         try:
             return call()
-        except smtplib.SMTPResponseException as exc:
-            if stage == "connect" and isinstance(exc, smtplib.SMTPConnectError):
-                # The socket is up and the server answered: its greeting refused us
-                # (DESIGN.md §2 keeps the two stages apart; policies match on greeting).
-                stage = "greeting"
-            failure = StageError(
-                classify_error(exc, stage=stage), _reply_text(exc.smtp_code, exc.smtp_error)
-            )
-            cause: BaseException | None = exc
         except (smtplib.SMTPException, OSError, ValueError) as exc:
-            failure = StageError(_lost(exc, stage), f"{type(exc).__name__}: {exc}")
-            cause = exc
+            failure = _stage_error(exc, stage)
+            cause: BaseException | None = exc
         self.close(polite=False)
         if stage == "auth":
             # Raised outside the except block and unchained: the AUTH exception's
@@ -273,6 +285,9 @@ class Session:
     def open(self) -> None:
         """Connect, read the greeting, EHLO, STARTTLS, EHLO again, AUTH, as configured.
         Raises :class:`StageError` naming the stage that failed."""
+        if self._failed_open is not None:
+            failure, self._failed_open = self._failed_open, None
+            raise failure
         if self.is_open:
             return
         s = self.settings

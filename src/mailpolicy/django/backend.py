@@ -140,6 +140,8 @@ class EmailBackend(smtp.EmailBackend):
             # EMAIL_PORT = os.environ["EMAIL_PORT"]: Django's own backend takes it.
             self.port = int(self.port)
         self._open_error: BaseException | None = None
+        # open()'s retryable failure, to be the first attempt of the next message's send.
+        self._open_failure: BaseException | None = None
         self._check_connection_settings()
 
     def _check_connection_settings(self) -> None:
@@ -271,16 +273,21 @@ class EmailBackend(smtp.EmailBackend):
         if not email_messages:
             return 0
         with self._lock:
+            self._open_failure = None
             try:
                 new_conn_created = self.open()
             except OSError as exc:
                 if not self._connect_retryable(exc):
                     raise
-                new_conn_created = True  # the Sender connects again, with retries
+                # The Sender connects again, with retries; this failure is their first
+                # attempt (counted, logged, judged), not an extra one before them.
+                self._open_failure = exc
+                new_conn_created = True
             else:
                 if new_conn_created is None:
                     if not self._connect_retryable(self._open_error):
                         return 0  # failed silently, as Django does
+                    self._open_failure = self._open_error
                     new_conn_created = True
                 elif not self.connection:
                     return 0
@@ -325,6 +332,9 @@ class EmailBackend(smtp.EmailBackend):
             policy = self.options.policy_named(chosen)
         message = self._serialisable(email_message)
         sender = self._sender(policy)
+        if self._open_failure is not None:
+            sender._session.failed_open(self._open_failure)
+            self._open_failure = None
         try:
             report = sender.send(message, envelope_from=envelope_from, recipients=recipients)
         finally:
