@@ -3,6 +3,7 @@ on the queue schedule, the suppression list stops dead addresses before any SMTP
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -349,6 +350,47 @@ def test_the_cli_worker_finds_policies_from_files(
     bad = run("--policy-file", str(tmp_path / "missing.toml"))
     assert bad.returncode == 1
     assert "missing.toml" in bad.stderr
+
+
+def test_outbox_show_tells_what_happened_to_one_message(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
+) -> None:
+    """`mailpolicy outbox show MESSAGE_ID`: each recipient's state and every attempt
+    with what the server said (the journal had no reader but the API)."""
+    url = f"sqlite:///{tmp_path / 'show.sqlite3'}"
+    store = open_store(url)
+    smtp_server.script.rcpt("ann@example.org", "450 4.2.0 Greylisted, try again later")
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    with make_sender(smtp_server, store, clock, RelayRegistry()) as sender:
+        report = sender.send(message("ann@example.org", "bob@example.org", "cat@example.org"))
+    store.close()
+
+    def run(*args: str) -> Any:
+        return subprocess.run([sys.executable, "-m", "mailpolicy", "outbox", *args,
+                               "--store", url], capture_output=True, text=True, timeout=60,
+                              check=False)  # fmt: skip
+
+    bare = report.message_id.strip("<>")
+    shown = run("show", bare)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == report.message_id
+    assert "  ann@example.org: deferred (greylisted), 1 attempt(s), next attempt " in shown.stdout
+    assert "  bob@example.org: bounced (mailbox_unknown), 1 attempt(s)" in shown.stdout
+    assert "bob@example.org: bounced (mailbox_unknown, suppress) 550 5.1.1" in shown.stdout
+    assert "450 4.2.0 Greylisted, try again later" in shown.stdout
+    as_json = json.loads(run("show", report.message_id, "--json").stdout)
+    assert [r["recipient"] for r in as_json["recipients"]] == [
+        "ann@example.org", "bob@example.org", "cat@example.org"
+    ]  # fmt: skip
+    assert {a["recipient"] for a in as_json["attempts"]} == {
+        "ann@example.org", "bob@example.org", "cat@example.org"
+    }  # fmt: skip
+    missing = run("show", "<nope@example.com>")
+    assert missing.returncode == 1
+    assert "no message <nope@example.com>" in missing.stderr
+    listed = run("list", "--state", "bounced", "--message-id", report.message_id)
+    assert "bob@example.org bounced mailbox_unknown" in listed.stdout
 
 
 def test_soft_bounces_escalate_to_suppression(

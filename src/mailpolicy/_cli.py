@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 from . import __version__
 from ._classify import Verdict, classify
 from ._errors import MailPolicyError
+from ._outcome import STATES
 from ._vocab import REASONS, STAGES, Stage
 
 if TYPE_CHECKING:
@@ -187,15 +188,18 @@ def _existing_store(url: str, command: str) -> Store:
     """Open a store that must already exist: reading or changing an outbox nobody wrote
     to is a mistake, most often a relative ``sqlite:///`` URL resolved from another
     working directory than the application's. Nothing is created."""
-    from ._store import open_store  # noqa: PLC0415
+    from ._store import open_store, parse_store_url  # noqa: PLC0415
 
     path = _store_file(url)
     if path is not None and not path.exists():
-        raise SystemExit(
-            f"mailpolicy {command}: no store at {path} (nothing was created). A "
-            f"sqlite:/// URL with three slashes is relative to the working directory "
+        relative = not Path(parse_store_url(url).path).is_absolute()
+        hint = (
+            f" A sqlite:/// URL with three slashes is relative to the working directory "
             f"({Path.cwd()}); give the application's store, e.g. sqlite:///{path}"
+            if relative
+            else ""
         )
+        raise SystemExit(f"mailpolicy {command}: no store at {path} (nothing was created).{hint}")
     return open_store(url)
 
 
@@ -329,8 +333,12 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
                 out.writelines(
                     f"relay {r}: {p} pending, {d} due\n" for r, (p, d) in by_relay.items()
                 )
+        elif args.outbox_command == "show":
+            return _show_message(store, args.message_id, json_output=args.json, out=out)
         elif args.outbox_command == "list":
-            rows = store.list_recipients(state=args.state, message_id=None, limit=args.limit)
+            rows = store.list_recipients(
+                state=args.state, message_id=args.message_id, limit=args.limit
+            )
             for r in rows:
                 if args.json:
                     out.write(json.dumps(r.to_dict(), default=str) + "\n")
@@ -348,6 +356,54 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
         else:  # purge
             n = store.purge(now=now, older_than=args.older_than)
             out.write(f"{n} message body(ies) purged (the attempt journal is kept)\n")
+    return 0
+
+
+def _show_message(store: Store, message_id: str, *, json_output: bool, out: TextIO) -> int:
+    """What happened to one message: each recipient's state now, then every attempt in
+    order, with what the server said. Exit status 1 when the store has no such message."""
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    wanted = message_id.strip()
+    for candidate in (wanted, f"<{wanted.strip('<>')}>", wanted.strip("<>")):
+        recipients = store.list_recipients(message_id=candidate, limit=10_000)
+        if recipients:
+            break
+    else:
+        print(f"mailpolicy outbox show: no message {wanted} in the store", file=sys.stderr)
+        return 1
+    journal = store.journal(message_id=candidate)
+    if json_output:
+        out.write(
+            json.dumps(
+                {
+                    "message_id": candidate,
+                    "recipients": [r.to_dict() for r in recipients],
+                    "attempts": [a.to_dict() for a in journal],
+                },
+                default=str,
+            )
+            + "\n"
+        )
+        return 0
+
+    def when(t: float) -> str:
+        return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+    out.write(f"{candidate}\n")
+    for r in recipients:
+        nxt = "" if r.next_attempt_at is None else f", next attempt {when(r.next_attempt_at)}"
+        out.write(f"  {r.recipient}: {r.state} ({r.reason}), {r.attempts} attempt(s){nxt}\n")
+    out.write("attempts:\n")
+    for a in journal:
+        # The reply as the server wrote it (it starts with its code), else code/status.
+        said = " ".join(a.text.split()) or " ".join(
+            str(x) for x in (a.code, a.status) if x is not None
+        )
+        out.write(
+            f"  {when(a.at)} {a.recipient}: {a.state} ({a.reason}, {a.action or '-'})"
+            f"{' ' + said if said else ''}\n"
+        )
     return 0
 
 
@@ -537,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, text in (
         ("status", "counts by state"),
         ("list", "recipients in the outbox"),
+        ("show", "one message: its recipients and every attempt (the journal)"),
         ("retry-now", "make everything due now, held messages included"),
         ("purge", "purge old delivered/bounced message bodies"),
     ):
@@ -544,8 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
         op.add_argument("--store", required=True, metavar="URL")
         op.add_argument("--json", action="store_true")
         if action == "list":
-            op.add_argument("--state", choices=("deferred", "held", "delivered", "bounced"))
+            op.add_argument("--state", choices=STATES)
+            op.add_argument("--message-id", help="only this message's recipients")
             op.add_argument("--limit", type=int, default=100)
+        if action == "show":
+            op.add_argument("message_id", metavar="MESSAGE_ID", help="with or without <>")
         if action == "retry-now":
             op.add_argument("--message-id")
         if action == "purge":
