@@ -126,3 +126,47 @@ def test_hashed_recipients_are_one_token_per_mailbox() -> None:
     assert show_recipient("Ann@Example.ORG", "hash") == show_recipient("ann@example.org", "hash")
     assert show_recipient("x@bücher.de", "hash") == show_recipient("x@xn--bcher-kva.de", "hash")
     assert show_recipient("x@bücher.de", "hash").endswith("@xn--bcher-kva.de")
+
+
+_UNCONFIGURED_SEND = """
+import logging, sys
+from email.message import EmailMessage
+from mailpolicy import Sender
+from mailpolicy.testing import SMTPTestServer
+if sys.argv[1] == "info":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+with SMTPTestServer() as server:
+    server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "a@example.com", "ann@example.org, bob@example.org", "x"
+    m.set_content("y")
+    with Sender(server.host, server.port, security="none") as sender:
+        sender.send(m)
+print("program output")
+"""
+
+
+@pytest.mark.parametrize("logging_config", ["none", "info"])
+def test_without_structlog_configured_events_go_to_standard_logging(logging_config: str) -> None:
+    """structlog's own default printed every event, debug ones included, to stdout, mixed
+    into the program's output (operator walkthrough review). Unconfigured, events go to
+    the standard library's "mailpolicy" logger: with no logging set up Python shows the
+    warnings on stderr; logging.basicConfig(level=INFO) shows the info ones too."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _UNCONFIGURED_SEND, logging_config],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert done.stdout == "program output\n"
+    lines = done.stderr.splitlines()
+    bounced = [line for line in lines if "state='bounced'" in line]
+    assert len(bounced) == 1
+    assert "event='mail.delivery'" in bounced[0]
+    assert "recipient='b***@example.org'" in bounced[0]
+    delivered = [line for line in lines if "state='delivered'" in line]
+    assert len(delivered) == (1 if logging_config == "info" else 0)
+    if logging_config == "info":
+        assert delivered[0].startswith("mailpolicy ")
+    assert "mail.attempt" not in done.stderr  # debug: not shown at either level

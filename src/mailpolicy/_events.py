@@ -2,13 +2,15 @@
 one ``mail.attempt`` per SMTP attempt at debug level.
 
 Events go through structlog's global configuration, looked up at each call (so an
-application's ``structlog.configure`` and ``structlog.testing.capture_logs()`` see them).
+application's ``structlog.configure`` and ``structlog.testing.capture_logs()`` see them);
+while structlog is not configured, through the standard library's ``mailpolicy`` logger.
 Recipients are masked by default; passwords never appear.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -66,10 +68,23 @@ def recipient_domain(address: str) -> str | None:
 #: structlog.configure() and structlog.testing.capture_logs() apply), and making it once
 #: spares building one per event.
 _LOGGER: Final = structlog.get_logger(LOGGER_NAME)
+#: Where events go while nobody configured structlog: the standard library's "mailpolicy"
+#: logger, as key=value lines. structlog's own default prints every event, debug ones
+#: included, to stdout, where it mixes into a program's output; a library should say
+#: nothing unless asked. So Django's LOGGING or logging.basicConfig() decide, and with
+#: no logging configured at all Python shows warnings and errors on stderr.
+_STDLIB: Final = structlog.wrap_logger(
+    logging.getLogger(LOGGER_NAME),
+    processors=[
+        structlog.stdlib.filter_by_level,  # nothing is rendered for a disabled level
+        structlog.processors.KeyValueRenderer(key_order=["event"], sort_keys=False),
+    ],
+    wrapper_class=structlog.stdlib.BoundLogger,
+)
 
 
 def _logger() -> Any:
-    return _LOGGER
+    return _LOGGER if structlog.is_configured() else _STDLIB
 
 
 def _log(level: str, event: str, **fields: Any) -> None:
