@@ -170,3 +170,32 @@ def test_without_structlog_configured_events_go_to_standard_logging(logging_conf
     if logging_config == "info":
         assert delivered[0].startswith("mailpolicy ")
     assert "mail.attempt" not in done.stderr  # debug: not shown at either level
+
+
+@pytest.mark.parametrize(
+    ("style", "shown"),
+    [
+        ("mask", "550 5.1.1 <b***@example.org>: User unknown"),
+        ("full", "550 5.1.1 <Bob@Example.org>: User unknown"),
+    ],
+)
+def test_the_delivery_event_carries_the_reply_with_the_recipient_shown_alike(
+    smtp_server: SMTPTestServer, style: str, shown: str
+) -> None:
+    """What the server said is what an operator needs first; the address inside it is
+    shown as the event's recipient field is (masked by default)."""
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 <Bob@Example.org>: User unknown")
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "app@example.com", "bob@example.org", "x"
+    m.set_content("y")
+    sender = Sender(
+        smtp_server.host,
+        smtp_server.port,
+        security="none",
+        relays=RelayRegistry(),
+        recipient_style=style,  # type: ignore[arg-type]
+    )
+    with structlog.testing.capture_logs() as logs, sender:
+        sender.send(m)
+    (event,) = [e for e in logs if e["event"] == "mail.delivery"]
+    assert event["text"] == shown

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
 
+from ._address import a_label
 from ._store import normalise_address
 
 if TYPE_CHECKING:
@@ -101,6 +103,28 @@ def delivery(state: str, **fields: Any) -> None:
     _log(_LEVEL.get(state, "info"), "mail.delivery", state=state, **fields)
 
 
+#: Characters of the server's reply an event carries (the outcome keeps it whole).
+MAX_EVENT_TEXT: Final = 300
+
+
+def shown_text(text: str, address: str, style: RecipientStyle) -> str:
+    """The deciding reply for an event: one line, at most :data:`MAX_EVENT_TEXT`
+    characters, the recipient's address in it shown as the event shows the recipient
+    ("550 5.1.1 <b***@example.org>: User unknown")."""
+    line = " ".join(text.split())
+    if style == "full" or "@" not in address:
+        return line[:MAX_EVENT_TEXT]
+    local, _, domain = address.rpartition("@")
+    spellings = {address}
+    with suppress(Exception):  # the wire form of a Unicode domain, as servers quote it
+        spellings.add(f"{local}@{a_label(domain)}")
+    shown = show_recipient(address, style)
+    for spelling in spellings:
+        if spelling.lower() in line.lower():
+            line = re.sub(re.escape(spelling), shown, line, flags=re.IGNORECASE)
+    return line[:MAX_EVENT_TEXT]
+
+
 def outcome(
     o: RecipientOutcome,
     *,
@@ -129,6 +153,7 @@ def outcome(
         persisted=o.persisted,
         rule=o.rule,
         action=o.action,
+        text=shown_text(o.text, o.recipient, style),
         **extra,
     )
 
