@@ -752,3 +752,21 @@ def test_the_example_sites_command(site: SMTPTestServer) -> None:
     assert "1 of 2 messages sent" in lines
     assert "dead address bob@example.org" in done.stderr  # the bounced signal's receiver
     assert site.connections == 1
+
+
+def test_the_example_sites_order_view_answers_an_empty_address_with_422() -> None:
+    """Django skips a message without recipients (no report): the view checks first
+    instead of failing with an AttributeError (HTTP 500)."""
+    import importlib.util
+
+    from django.test import RequestFactory
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "django_site" / "shop" / "views.py"
+    spec = importlib.util.spec_from_file_location("example_shop_views", path)
+    assert spec is not None
+    assert spec.loader is not None
+    views = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(views)
+    answer = views.order_confirmation(RequestFactory().post("/orders", {"email": " "}))
+    assert answer.status_code == 422
+    assert b'"invalid"' in answer.content

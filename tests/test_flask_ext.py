@@ -941,6 +941,9 @@ def test_the_flask_app_example(smtp_server: SMTPTestServer, fast_policy: Path) -
     assert (outcome["state"], outcome["reason"]) == ("deferred", "greylisted")
     assert smtp_server.delivered_to("ann@example.org") == 1
     assert smtp_server.messages[0].parsed()["From"] == "Shop <orders@shop.example>"
+    for bad in ("", "a@b\r\nBcc: x@y"):  # an HTTP 422, not a 500
+        answer = client.post("/orders", data={"email": bad})
+        assert (answer.status_code, answer.get_json()["status"]) == (422, "invalid")
 
 
 def test_the_plain_script_example(smtp_server: SMTPTestServer) -> None:

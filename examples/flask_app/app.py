@@ -16,6 +16,7 @@ from typing import Any
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from mailpolicy import MessageError
 from mailpolicy.flask import DeliveryIncomplete, MailPolicy
 
 mail = MailPolicy()
@@ -36,15 +37,20 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.post("/orders")
     def order() -> ResponseReturnValue:
+        address = request.form.get("email", "").strip()
+        if not address:
+            return jsonify(status="invalid", error="no address given"), 422
         message = EmailMessage()  # From: MAIL_DEFAULT_SENDER
-        message["To"] = request.form["email"]
         message["Subject"] = "Your order"
         message.set_content("Thank you for your order.\n")
         try:
+            message["To"] = address  # the email package refuses CR/LF (ValueError)
             report = mail.send(message)
         except DeliveryIncomplete as exc:
             # Not delivered yet and no MAILPOLICY_STORE keeps it for a retry: say so.
             return jsonify(status="not sent yet", report=exc.report.to_dict()), 503
+        except (ValueError, MessageError) as exc:  # a message that cannot be sent as built
+            return jsonify(status="invalid", error=str(exc)), 422
         if report.all_delivered:
             return jsonify(status="sent", report=report.to_dict())
         if report.pending:  # saved in MAILPOLICY_STORE: the worker will deliver it

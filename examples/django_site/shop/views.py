@@ -15,7 +15,10 @@ def confirmation(address: str) -> EmailMessage:
 @csrf_exempt  # an example API endpoint; keep CSRF protection in a real form view
 @require_POST
 def order_confirmation(request: HttpRequest) -> JsonResponse:
-    message = confirmation(request.POST.get("email", ""))
+    address = request.POST.get("email", "").strip()
+    if not address:  # Django skips a message without recipients: nothing to report
+        return JsonResponse({"status": "invalid", "error": "no address given"}, status=422)
+    message = confirmation(address)
     try:
         message.send()
     except DeliveryIncomplete as exc:
