@@ -827,3 +827,40 @@ def test_an_idn_recipient_reaches_a_server_without_smtputf8(
     assert received.rcpt_tos == ("user@xn--bcher-kva.de",)
     assert received.data.isascii()
     assert b"To: user@xn--bcher-kva.de\r\n" in received.data
+
+
+def test_one_sender_shared_by_threads_sends_each_message_to_its_own_recipient(
+    smtp_server: SMTPTestServer,
+) -> None:
+    """A module-level Sender in a threaded web app: concurrent send() calls interleaved
+    MAIL/RCPT/DATA on the one connection and delivered one thread's message to another's
+    recipients (concurrency review). Sends now take turns."""
+    import threading
+
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", relays=RelayRegistry(),
+        local_hostname="client.test",
+    )  # fmt: skip
+    errors: list[BaseException] = []
+    states: list[str] = []
+
+    def run(i: int) -> None:
+        for j in range(15):
+            m = message(f"user{i}@example.org")
+            m.replace_header("Subject", f"thread {i} message {j}")
+            try:
+                states.extend(o.state for o in sender.send(m).outcomes)
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sender.close()
+    assert errors == []
+    assert states == ["delivered"] * 60
+    assert len(smtp_server.messages) == 60
+    for m in smtp_server.messages:
+        assert list(m.rcpt_tos) == [str(m.parsed()["To"])]

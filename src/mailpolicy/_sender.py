@@ -13,6 +13,7 @@ import math
 import re
 import smtplib
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -212,6 +213,10 @@ class Sender:
     ``clock`` (wall seconds), ``monotonic`` and ``sleep`` are
     injectable for tests; ``relays`` holds per-relay budgets and circuits (default: the
     process-wide registry).
+
+    One Sender may be shared between threads: its ``send()``, ``open()`` and ``close()``
+    take turns on its one connection (an SMTP connection carries one transaction at a
+    time). For parallel sending, give each thread its own Sender.
     """
 
     def __init__(
@@ -299,6 +304,9 @@ class Sender:
             allow_insecure_auth=allow_insecure_auth,
         )
         self._session = Session(self.settings, connection)
+        # One transaction at a time on the one connection: two threads interleaving
+        # MAIL/RCPT/DATA on it deliver one thread's message to the other's recipients.
+        self._lock = threading.RLock()
         self._relay = self.settings.relay
         self._relays = relays if relays is not None else RELAYS
         self.store: Store | None = None if store is None else open_store(store)
@@ -325,13 +333,15 @@ class Sender:
 
     def open(self) -> None:
         """Connect now (once, without retries). Raises the failure's ``StageError``."""
-        self._session.open()
+        with self._lock:
+            self._session.open()
 
     def close(self) -> None:
         """QUIT and close the connection, if one is open (and a store opened from a URL)."""
-        self._session.close()
-        if self.store is not None and self._owns_store:
-            self.store.close()
+        with self._lock:
+            self._session.close()
+            if self.store is not None and self._owns_store:
+                self.store.close()
 
     def __enter__(self) -> Self:
         return self
@@ -359,8 +369,12 @@ class Sender:
         :class:`~mailpolicy.MessageError` for a message that cannot be sent as given
         (no recipients, header injection, not serialisable).
         """
-        started = self._monotonic()
         prepared = prepare_message(message, envelope_from=envelope_from, recipients=recipients)
+        with self._lock:
+            return self._send_prepared(prepared)
+
+    def _send_prepared(self, prepared: PreparedMessage) -> DeliveryReport:
+        started = self._monotonic()
         policy = self.policy
         sender, outcomes, valid = prevalidate(prepared, policy)
         pending: list[_Pending] = []
