@@ -135,7 +135,22 @@ def outcome(
     elapsed_ms: float | None = None,
     **extra: Any,
 ) -> None:
-    """The ``mail.delivery`` event of one recipient's outcome (DESIGN.md §5 fields)."""
+    """The ``mail.delivery`` event of one recipient's outcome (DESIGN.md §5 fields).
+    Building the fields is guarded as emitting them is (see :func:`_log`): the outcome
+    is already decided, nothing here may undo it."""
+    with suppress(Exception):
+        _delivery_of(o, message_id, policy, server, style, elapsed_ms, extra)
+
+
+def _delivery_of(  # noqa: PLR0917 - one call site, the fields of one event
+    o: RecipientOutcome,
+    message_id: str,
+    policy: str,
+    server: str,
+    style: RecipientStyle,
+    elapsed_ms: float | None,
+    extra: dict[str, Any],
+) -> None:
     delivery(
         o.state,
         message_id=message_id,
