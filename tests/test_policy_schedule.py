@@ -287,3 +287,38 @@ def test_plans_count_the_first_attempt(max_attempts: int, deadline: float) -> No
     assert attempts[0].tier == "first"
     assert all(a.at < deadline for a in inline)
     assert [a.number for a in attempts] == list(range(1, len(attempts) + 1))
+
+
+_FORK_DRAWS = """
+import os
+from mailpolicy._schedule import default_rng
+for _ in range(3):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, repr(default_rng()).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        print(fh.read())
+    os.waitpid(pid, 0)
+"""
+
+
+def test_forked_processes_draw_different_jitter() -> None:
+    """gunicorn --preload forks workers from one parent: the default generator is
+    reseeded in each child, so their retries spread (concurrency review). Forked from a
+    fresh single-threaded interpreter, not from the test process."""
+    import os
+    import subprocess
+    import sys
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    done = subprocess.run(
+        [sys.executable, "-c", _FORK_DRAWS], capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    draws = done.stdout.split()
+    assert len(draws) == 3
+    assert len(set(draws)) == 3

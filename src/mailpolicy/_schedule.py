@@ -18,6 +18,7 @@ mode               delay actually used for a base delay ``d``  bounds
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -33,6 +34,11 @@ Rng = Callable[[], float]
 # Jitter spreads retries apart; it is not a security boundary, so plain random is right.
 _DEFAULT_RNG: Final = random.Random()  # noqa: S311 - jitter, not cryptography
 default_rng: Final[Rng] = _DEFAULT_RNG.random
+# CPython reseeds only the random module's own generator in a forked child: without this,
+# every worker process forked from one parent (gunicorn --preload) draws the same jitter,
+# and retries after an outage come back in step instead of spread.
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_DEFAULT_RNG.seed)
 
 _UNITS: Final[dict[str, float]] = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
