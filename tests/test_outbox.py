@@ -19,7 +19,7 @@ import pytest
 
 from mailpolicy._relaystate import RelayRegistry
 from mailpolicy._sender import Sender
-from mailpolicy._store import Store, open_store
+from mailpolicy._store import Store, StoreError, open_store
 from mailpolicy._worker import Worker
 from mailpolicy.testing import FakeClock, SMTPTestServer
 
@@ -762,6 +762,51 @@ def test_a_locked_database_does_not_lose_a_delivery(
     assert len(busy) == 1, busy
     assert "database is locked" in busy[0]["error"]
     assert clock.sleeps == [1.0]  # tenacity's first exponential wait, on the fake clock
+    store.close()
+
+
+@pytest.mark.parametrize("released", [True, False])
+def test_a_locked_store_in_send_is_waited_for_or_raises_with_the_report(
+    smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock, released: bool
+) -> None:
+    """send() with a store another connection keeps locked past the busy timeout (a
+    purge, an operator's sqlite3 shell): the server had accepted ann and deferred bob.
+    send() now waits and tries again; if the lock stays, the StoreError carries the
+    report, so a caller that retries knows ann has her copy (concurrency review)."""
+    path = tmp_path / "busy.sqlite3"
+    store = open_store(f"sqlite:///{path}?timeout=0.05")
+    smtp_server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        if released and blocker.in_transaction:
+            blocker.execute("COMMIT")
+
+    sender = Sender(
+        smtp_server.host, smtp_server.port, security="none", store=store, clock=clock.time,
+        monotonic=clock.now, sleep=sleep, relays=RelayRegistry(), local_hostname="client.test",
+    )  # fmt: skip
+    with sender:
+        if released:
+            report = sender.send(message("ann@example.org", "bob@example.org"))
+            assert [(o.state, o.persisted) for o in report.outcomes] == [
+                ("delivered", False), ("deferred", True)
+            ]  # fmt: skip
+            assert store.counts(now=clock.time())["deferred"] == 1
+        else:
+            with pytest.raises(StoreError, match="locked") as info:
+                sender.send(message("ann@example.org", "bob@example.org"))
+            raised = info.value.report
+            assert raised is not None
+            assert [(o.recipient, o.state) for o in raised.outcomes] == [
+                ("ann@example.org", "delivered"), ("bob@example.org", "deferred")
+            ]  # fmt: skip
+            blocker.execute("COMMIT")
+    assert clock.sleeps == [0.5, 1.0][: 1 if released else 2]
+    assert smtp_server.delivered_to("ann@example.org") == 1
+    blocker.close()
     store.close()
 
 

@@ -215,3 +215,9 @@ def worker_relay_held(**fields: Any) -> None:
     attempt through it until ``until``, so a wrong password costs one failed AUTH per
     hold, not one per queued message."""
     _log("error", "mail.worker.relay_held", **fields)
+
+
+def suppression_failed(**fields: Any) -> None:
+    """``send()`` could not add a dead address to the suppression list (the store stayed
+    locked); the delivery and any deferral were recorded."""
+    _log("warning", "mail.suppression_failed", **fields)

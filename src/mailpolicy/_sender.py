@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 from email.message import Message
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from . import _events as events
 from ._address import CheckedAddress, check_address, check_address_cached
@@ -42,9 +44,11 @@ from ._session import (
     Session,
     StageError,
 )
-from ._store import Attempt, NewRecipient, Store, open_store
+from ._store import Attempt, NewRecipient, Store, StoreBusyError, StoreError, open_store
 from ._vocab import DEAD_ADDRESS_REASONS, Reason, as_reason
 
+#: Tries at a store write while the database stays locked, inside send().
+STORE_WRITE_ATTEMPTS: Final = 3
 _DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25}
 #: Stages at which a failure is the relay's, for the circuit breaker.
 _CONNECTION_STAGES: Final = frozenset({"connect", "greeting", "ehlo", "starttls"})
@@ -387,19 +391,29 @@ class Sender:
                 pending.append(_Pending(recipient=recipient, wire=wire))
         if pending:
             self._deliver(prepared, sender, pending, smtputf8=smtputf8, outcomes=outcomes)
-        if self.store is not None:
+
+        def report() -> DeliveryReport:
+            return DeliveryReport(
+                message_id=prepared.message_id,
+                envelope_from=prepared.envelope_from,
+                relay=self.relay,
+                policy=policy.name,
+                outcomes=tuple(outcomes[r] for r in prepared.recipients),
+                elapsed_ms=(self._monotonic() - started) * 1000,
+            )
+
+        try:
             self._persist(prepared, pending, outcomes)
-        elapsed_ms = (self._monotonic() - started) * 1000
-        report = DeliveryReport(
-            message_id=prepared.message_id,
-            envelope_from=prepared.envelope_from,
-            relay=self.relay,
-            policy=policy.name,
-            outcomes=tuple(outcomes[r] for r in prepared.recipients),
-            elapsed_ms=elapsed_ms,
-        )
-        self._emit(report)
-        return report
+        except StoreError as exc:
+            # Deferred recipients could not be saved: raise (never lose them silently),
+            # but with what the server did say, so a caller does not resend to the
+            # recipients it already accepted.
+            exc.report = report()
+            self._emit(exc.report)
+            raise
+        done = report()
+        self._emit(done)
+        return done
 
     def _suppressed(self, address: str) -> RecipientOutcome | None:
         """The outcome for an address on the suppression list (checked before any SMTP
@@ -427,50 +441,75 @@ class Sender:
         pending: list[_Pending],
         outcomes: dict[str, RecipientOutcome],
     ) -> None:
-        """With a store: add dead addresses to the suppression list, and save the message
-        when a recipient is deferred or held, before ``send()`` returns. A failure to save
-        raises (StoreError): nothing is lost silently."""
+        """With a store: save the message when a recipient is deferred or held, before
+        ``send()`` returns, then add dead addresses to the suppression list. A database
+        locked past its busy timeout is tried again (a few times, on the injected sleep):
+        the server has answered, and raising would tell the caller nothing about the
+        recipients it accepted. A failure to save still raises (StoreError, with the
+        report): nothing is lost silently. A failure to write the suppression list is
+        logged (``mail.suppression_failed``): the mail itself is safe."""
         store = self.store
         if store is None:
             return
         now = self._clock()
         wires = {p.recipient: p.wire for p in pending}
-        for o in outcomes.values():
-            self._suppress_if_dead(store, wires.get(o.recipient, o.recipient), o, now)
-        if not any(o.state in ("deferred", "held") for o in outcomes.values()):
-            return
-        records = []
-        for recipient in prepared.recipients:
-            o = outcomes[recipient]
-            attempt = Attempt(
-                at=now, state=o.state, reason=o.reason, code=o.code, status=o.status,
-                text=o.text, rule=o.rule, action=o.action, ambiguous=o.ambiguous,
-            )  # fmt: skip
-            pending_state = o.state in ("deferred", "held")
-            records.append(
-                NewRecipient(
-                    recipient=recipient,
-                    wire=wires.get(recipient, recipient),
-                    state=o.state,
-                    reason=o.reason,
-                    code=o.code,
-                    status=o.status,
-                    text=o.text,
-                    attempts=o.attempts,
-                    ambiguous=o.ambiguous,
-                    first_failure_at=now if pending_state else None,
-                    next_attempt_at=o.next_attempt_at.timestamp()
-                    if pending_state and o.next_attempt_at is not None
-                    else (now if pending_state else None),
-                    history=(attempt,) if o.attempts else (),
+        if any(o.state in ("deferred", "held") for o in outcomes.values()):
+            records = []
+            for recipient in prepared.recipients:
+                o = outcomes[recipient]
+                attempt = Attempt(
+                    at=now, state=o.state, reason=o.reason, code=o.code, status=o.status,
+                    text=o.text, rule=o.rule, action=o.action, ambiguous=o.ambiguous,
+                )  # fmt: skip
+                pending_state = o.state in ("deferred", "held")
+                records.append(
+                    NewRecipient(
+                        recipient=recipient,
+                        wire=wires.get(recipient, recipient),
+                        state=o.state,
+                        reason=o.reason,
+                        code=o.code,
+                        status=o.status,
+                        text=o.text,
+                        attempts=o.attempts,
+                        ambiguous=o.ambiguous,
+                        first_failure_at=now if pending_state else None,
+                        next_attempt_at=o.next_attempt_at.timestamp()
+                        if pending_state and o.next_attempt_at is not None
+                        else (now if pending_state else None),
+                        history=(attempt,) if o.attempts else (),
+                    )
                 )
+            self._store_write(
+                store.save_deferred,
+                prepared,
+                policy=self.policy.name,
+                relay=self.relay,
+                recipients=records,
+                now=now,
             )
-        store.save_deferred(
-            prepared, policy=self.policy.name, relay=self.relay, recipients=records, now=now
-        )
-        for recipient, o in list(outcomes.items()):
-            if o.state in ("deferred", "held"):
-                outcomes[recipient] = replace(o, persisted=True)
+            for recipient, o in list(outcomes.items()):
+                if o.state in ("deferred", "held"):
+                    outcomes[recipient] = replace(o, persisted=True)
+        for o in outcomes.values():
+            try:
+                self._store_write(
+                    self._suppress_if_dead, store, wires.get(o.recipient, o.recipient), o, now
+                )
+            except StoreError as exc:
+                events.suppression_failed(message_id=prepared.message_id, error=str(exc))
+
+    def _store_write(self, write: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """``write`` with a few tries while the database stays locked (StoreBusyError):
+        waits of 0.5, 1 and 2 s on the injected sleep, each try itself waiting up to the
+        store's busy timeout."""
+        Retrying(
+            retry=retry_if_exception_type(StoreBusyError),
+            stop=stop_after_attempt(STORE_WRITE_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=2),
+            sleep=self._sleep,
+            reraise=True,
+        )(write, *args, **kwargs)
 
     def _suppression_for(self, address: str) -> SuppressionSettings:
         """The ``[suppression]`` settings for an address: its destination's, if any."""

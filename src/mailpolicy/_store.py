@@ -38,7 +38,7 @@ import idna
 from ._address import a_label
 from ._errors import InvalidInputError, MailPolicyError
 from ._message import PreparedMessage
-from ._outcome import State
+from ._outcome import DeliveryReport, State
 from ._vocab import Reason
 
 
@@ -46,7 +46,13 @@ class StoreError(MailPolicyError, RuntimeError):
     """The store cannot be opened, read or written: an unknown or malformed store URL, a
     missing directory, a corrupt or locked database, a store already closed, or a write
     that failed (the transaction is rolled back: nothing half-saved, nothing deleted).
-    The message names the store (its path or URL) and the cause; an operator acts on it."""
+    The message names the store (its path or URL) and the cause; an operator acts on it.
+
+    Raised by ``Sender.send()`` after the server answered (the deferred recipients could
+    not be saved), ``report`` holds the :class:`~mailpolicy.DeliveryReport` of that send:
+    who was delivered, so a caller that retries does not send them a second copy."""
+
+    report: DeliveryReport | None = None
 
 
 class StoreBusyError(StoreError):
