@@ -595,6 +595,56 @@ def test_cli_worker_exits_nonzero_when_it_cannot_work(tmp_path: Path) -> None:
     assert "not a database" in done.stderr or "not-a-db" in done.stderr
 
 
+def test_a_delivery_of_several_transactions_keeps_its_lease(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The server takes one recipient per transaction (452 "too many recipients") and
+    answers each final dot slowly: the delivery outlasts the lease taken before it. The
+    worker renews the lease before each transaction, so a second worker polling the
+    outbox never takes the message and nobody gets two copies (concurrency review: 3 of 3
+    runs sent both recipients twice). Real time, scaled down: lease 2 s, replies 1.2 s."""
+    import threading
+
+    from mailpolicy.testing import Delay
+
+    url = f"sqlite:///{tmp_path / 'mail.sqlite3'}"  # the store fixture's file
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
+    with make_sender(smtp_server, store, clock, RelayRegistry()) as sender:
+        sender.send(message("bob@example.org", "cy@example.org"))
+    store.retry_now(now=time.time())
+    smtp_server.reset()
+    smtp_server.script.rcpt("cy@example.org", "452 4.5.3 Too many recipients")
+    smtp_server.script.end_of_data(Delay(1.2), Delay(1.2))
+
+    def worker(name: str) -> Worker:
+        return Worker(
+            open_store(url), smtp_server.host, smtp_server.port, security="none",
+            lease=2.0, relays=RelayRegistry(), owner=name,
+        )  # fmt: skip
+
+    a, b = worker("a"), worker("b")
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            b.run_once()
+            time.sleep(0.1)
+
+    polling = threading.Thread(target=poll)
+    polling.start()
+    try:
+        a.run_once()
+    finally:
+        stop.set()
+        polling.join()
+        a.store.close()
+        b.store.close()
+    assert a.stats.leases_lost == 0
+    assert a.stats.delivered == 2
+    for address in ("bob@example.org", "cy@example.org"):
+        assert smtp_server.delivered_to(address) == 1, address
+
+
 class _Hooked:
     """A real store with a hook run before one of its methods (``record_attempt`` by
     default): the place where another worker, or another connection, gets between a

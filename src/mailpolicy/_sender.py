@@ -675,15 +675,22 @@ class Sender:
         *,
         smtputf8: bool,
         relay: RelayState,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         """One attempt: as many transactions as rebatching needs, on one connection.
         ``smtputf8`` says the message itself (headers, envelope sender) needs SMTPUTF8;
-        recipients that need it are known from their wire addresses."""
+        recipients that need it are known from their wire addresses. ``heartbeat`` runs
+        before each transaction after the first (the worker renews its lease there: each
+        transaction may wait the full end-of-data timeout); it may raise to stop."""
         policy = self.policy
         batch = list(todo)
         for p in todo:
             p.attempts += 1
+        first = True
         while batch:
+            if heartbeat is not None and not first:
+                heartbeat()
+            first = False
             try:
                 self._session.open()
                 use_utf8 = smtputf8 or any(not p.wire.isascii() for p in batch)

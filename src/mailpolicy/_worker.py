@@ -139,6 +139,10 @@ def _schedule_clock(
     return (since[0] if since else now), [*since, now]
 
 
+class _LeaseLostError(Exception):
+    """The claim's lease was taken over between two transactions of one delivery."""
+
+
 class Worker:
     """Drains an outbox through one relay.
 
@@ -387,9 +391,32 @@ class Worker:
         pending = [_Pending(recipient=r.recipient, wire=r.wire, attempts=r.attempts) for r in due]
         envelope = check_address(prepared.envelope_from, mode="off")
         smtputf8 = prepared.smtputf8 or envelope.smtputf8  # an IDN domain alone needs none
+        held = [claim]  # the claim as last renewed (its lease_until is its token)
+
+        def heartbeat() -> None:
+            # A delivery may take several transactions (a server taking one recipient
+            # at a time), each up to the end-of-data wait: renew before each, so the
+            # lease covers the transaction about to start, not only the first.
+            renewed = self.store.renew(held[0], now=self._clock(), lease_seconds=self.lease)
+            if renewed is None:
+                raise _LeaseLostError
+            held[0] = renewed
+
         started = sender._monotonic()
         if pending:
-            sender._run_attempt(prepared, envelope, pending, smtputf8=smtputf8, relay=relay)
+            try:
+                sender._run_attempt(
+                    prepared, envelope, pending, smtputf8=smtputf8, relay=relay,
+                    heartbeat=heartbeat,
+                )  # fmt: skip
+            except _LeaseLostError:
+                # Another worker has the message now: send nothing more, record nothing.
+                self.stats.leases_lost += 1
+                events.worker_lease_lost(
+                    message_id=claim.message.message_id, worker=self.owner, when="sending"
+                )
+                return
+            claim = held[0]
             sender._apply_throttle(pending, relay)
             # One mail.attempt event per SMTP attempt (DESIGN.md §5), numbered as the
             # message's attempts so far: the send()'s and the earlier workers' included.
