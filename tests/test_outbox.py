@@ -626,6 +626,8 @@ def test_a_delivery_of_several_transactions_keeps_its_lease(
     stop = threading.Event()
 
     def poll() -> None:
+        while not smtp_server.transcript and not stop.is_set():  # a has claimed it
+            time.sleep(0.01)
         while not stop.is_set():
             b.run_once()
             time.sleep(0.1)
@@ -643,6 +645,50 @@ def test_a_delivery_of_several_transactions_keeps_its_lease(
     assert a.stats.delivered == 2
     for address in ("bob@example.org", "cy@example.org"):
         assert smtp_server.delivered_to(address) == 1, address
+
+
+_API_WORKER = """
+import sys
+from mailpolicy import open_store
+from mailpolicy._worker import Worker
+url, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with open_store(url) as store:
+    worker = Worker(store, host, port, security="none")
+    stats = worker.run_forever(poll=0.05)
+print("stopped", stats.delivered)
+"""
+
+
+def test_ctrl_c_on_the_python_worker_records_the_message_in_hand(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Worker.run_forever() from Python, interrupted while the server answers the final
+    dot: it used to die with KeyboardInterrupt, the accepted message unrecorded and sent
+    again after the lease (concurrency review). SIGINT now stops it gracefully."""
+    from mailpolicy.testing import Delay
+
+    _deferred(smtp_server, store, clock, "u0@example.org")
+    store.retry_now(now=time.time())
+    smtp_server.reset()
+    smtp_server.script.end_of_data(Delay(1.0, "250 2.0.0 queued"))
+    url = f"sqlite:///{tmp_path / 'mail.sqlite3'}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _API_WORKER, url, smtp_server.host, str(smtp_server.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not any(e.stage == "data" for e in smtp_server.transcript):
+        assert time.monotonic() < deadline, "the worker never reached DATA"
+        time.sleep(0.01)
+    time.sleep(0.3)  # it now waits for the reply to the final dot
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert "KeyboardInterrupt" not in err
+    assert out.strip() == "stopped 1"
+    counts = store.counts(now=time.time())
+    assert (counts["delivered"], counts["deferred"], counts["leased"]) == (1, 0, 0)
+    assert smtp_server.delivered_to("u0@example.org") == 1
 
 
 class _Hooked:

@@ -11,11 +11,7 @@ main policy.
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._errors import MailPolicyError
@@ -105,32 +101,11 @@ class AppWorker(Worker):
         return sender
 
 
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop`` (the worker finishes the message in hand, releases
-    what it claimed and returns) while the block runs; the previous handlers are put
-    back afterwards. Outside the main thread signals cannot be caught: nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, old in previous.items():
-            signal.signal(s, old if old is not None else signal.SIG_DFL)
-
-
 def run(worker: Worker, *, once: bool, poll: float = DEFAULT_POLL) -> WorkerStats:
     """Run ``worker`` (``once``: what is due now, then return; otherwise until SIGTERM or
     SIGINT) and close its connections."""
     try:
-        with _stop_on_signals(worker.stop_requested):
-            return worker.run_once() if once else worker.run_forever(poll=poll)
+        return worker.run_once() if once else worker.run_forever(poll=poll)
     finally:
         worker.close()
 

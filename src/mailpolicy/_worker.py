@@ -14,12 +14,14 @@ The lease must outlast one delivery: the default is 15 minutes, longer than RFC 
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 from typing import Final
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -137,6 +139,28 @@ def _schedule_clock(
         return (first_failure_at or now), [*(a.at for a in journal), now]
     since = [a.at for a in journal[last_held + 1 :]]
     return (since[0] if since else now), [*since, now]
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (the worker finishes the message in hand, records
+    it, releases what it claimed and returns) while the block runs; the previous handlers
+    are put back afterwards. A KeyboardInterrupt in the middle of a delivery would leave a
+    message the server accepted unrecorded, to be sent again when its lease expires.
+    Outside the main thread signals cannot be caught: nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
 
 
 class _LeaseLostError(Exception):
@@ -263,7 +287,12 @@ class Worker:
     def run_once(self) -> WorkerStats:
         """Deliver everything due now, and what becomes due while this runs (within the
         lease); then return. Stops early (releasing nothing claimed but unsent: each
-        claim is finished or released) when :attr:`stop_requested` is set."""
+        claim is finished or released) when :attr:`stop_requested` is set, which SIGTERM
+        and SIGINT do while it runs in the main thread."""
+        with stop_on_signals(self.stop_requested):
+            return self._run_once()
+
+    def _run_once(self) -> WorkerStats:
         try:
             while not self.stop_requested.is_set():
                 claims = self.store.claim_due(
@@ -307,20 +336,22 @@ class Worker:
                     self.store.release(rest, now=self._clock())
 
     def run_forever(self, *, poll: float = 5.0, summary_every: float = 60.0) -> WorkerStats:
-        """Keep delivering until :attr:`stop_requested` is set (SIGTERM/SIGINT in the
-        CLI), logging a ``mail.worker.summary`` event every ``summary_every`` seconds and
-        purging message bodies past the store's retention as often."""
-        last_summary = self._clock()
-        while not self.stop_requested.is_set():
-            self.run_once()
-            now = self._clock()
-            if now - last_summary >= summary_every:
-                self.summary()
-                self.store.purge(now=now)
-                last_summary = now
-            self.stop_requested.wait(poll)
-        self.summary()
-        return self.stats
+        """Keep delivering until :attr:`stop_requested` is set (by SIGTERM or SIGINT
+        while it runs in the main thread), logging a ``mail.worker.summary`` event every
+        ``summary_every`` seconds and purging message bodies past the store's retention
+        as often."""
+        with stop_on_signals(self.stop_requested):
+            last_summary = self._clock()
+            while not self.stop_requested.is_set():
+                self.run_once()
+                now = self._clock()
+                if now - last_summary >= summary_every:
+                    self.summary()
+                    self.store.purge(now=now)
+                    last_summary = now
+                self.stop_requested.wait(poll)
+            self.summary()
+            return self.stats
 
     def summary(self) -> None:
         counts = self.store.counts(now=self._clock())
