@@ -229,6 +229,23 @@ def test_cli_outbox_and_suppression_round_trip(tmp_path: Path) -> None:
     assert run("suppression", "add", "Bob@Example.org", "--store", url).returncode == 0
     listed = run("suppression", "list", "--store", url, "--json")
     assert '"bob@example.org"' in listed.stdout
+    text = run("suppression", "list", "--store", url)
+    assert "bob@example.org mailbox_unknown (permanent)" in text.stdout
+    # An operator shortening a permanent entry is told so; nonsense is refused.
+    again = run("suppression", "add", "bob@example.org", "--ttl", "1h", "--store", url)
+    assert again.returncode == 0
+    assert "replaced the entry for bob@example.org (mailbox_unknown, permanent)" in again.stderr
+    assert "(until " in again.stdout
+    bad_address = run("suppression", "add", "x y", "--store", url)
+    assert bad_address.returncode == 1
+    assert "is not an address" in bad_address.stderr
+    assert run("suppression", "add", "c@example.org", "--reason", "delivered",
+               "--store", url).returncode == 2  # fmt: skip
+    assert "add" in run("suppression", "--help").stdout
+    nope = run("outbox", "retry-now", "--message-id", "<nope@x>", "--store", url)
+    assert nope.returncode == 1
+    assert "no message <nope@x>" in nope.stderr
+    assert run("policy", "check", "default", "transactional").returncode == 0
     assert run("suppression", "remove", "bob@example.org", "--store", url).returncode == 0
     assert run("suppression", "remove", "bob@example.org", "--store", url).returncode == 1
     status = run("outbox", "status", "--store", url, "--json")

@@ -13,7 +13,13 @@ from . import __version__
 from ._classify import Verdict, classify
 from ._errors import MailPolicyError
 from ._outcome import STATES
-from ._vocab import REASONS, STAGES, Stage
+from ._vocab import DEAD_ADDRESS_REASONS, REASONS, STAGES, Stage
+
+#: What an address may be suppressed for by hand: a dead address, or a full mailbox.
+SUPPRESSION_REASONS: Final = (
+    *(r for r in REASONS if r in DEAD_ADDRESS_REASONS),
+    "mailbox_full",
+)
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -77,9 +83,21 @@ def _classify_jsonl(stdin: Any, out: TextIO, *, default_stage: Stage | None) -> 
 
 
 def _cmd_policy_check(args: argparse.Namespace, out: TextIO) -> int:
-    from ._policy_load import check_policy_files  # noqa: PLC0415 - keep start-up light
+    from pathlib import Path  # noqa: PLC0415
 
-    errors = check_policy_files(args.files)
+    from ._policy_load import (  # noqa: PLC0415 - keep start-up light
+        check_policy_files,
+        load_policy,
+        shipped_policy_names,
+    )
+
+    # A shipped policy's name (as `explain` and the settings take it) is checked too,
+    # unless a file of that name is in the working directory.
+    shipped = set(shipped_policy_names())
+    names = [f for f in args.files if f in shipped and not Path(f).exists()]
+    errors = check_policy_files([f for f in args.files if f not in names])
+    for name in names:
+        load_policy(name)
     for error in errors:
         print(f"mailpolicy: {error}", file=sys.stderr)
     if not errors:
@@ -353,6 +371,15 @@ def _cmd_outbox(args: argparse.Namespace, out: TextIO) -> int:
         elif args.outbox_command == "retry-now":
             n = store.retry_now(now=now, message_id=args.message_id, include_held=True)
             out.write(f"{n} recipient(s) due now (held ones released)\n")
+            if n == 0 and args.message_id is not None:
+                known = store.list_recipients(message_id=args.message_id, limit=1)
+                if not known:
+                    print(
+                        f"mailpolicy outbox retry-now: no message {args.message_id} in the "
+                        "store (Message-IDs include their angle brackets)",
+                        file=sys.stderr,
+                    )
+                    return 1
         else:  # purge
             n = store.purge(now=now, older_than=args.older_than)
             out.write(f"{n} message body(ies) purged (the attempt journal is kept)\n")
@@ -407,6 +434,15 @@ def _show_message(store: Store, message_id: str, *, json_output: bool, out: Text
     return 0
 
 
+def _expiry(at: float | None) -> str:
+    """When a suppression ends, for people: "until 2027-11-28" or "permanent"."""
+    if at is None:
+        return "permanent"
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    return f"until {datetime.fromtimestamp(at, UTC).isoformat(timespec='minutes')}"
+
+
 def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:
     import time  # noqa: PLC0415
 
@@ -420,10 +456,26 @@ def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:
     )
     with opened as store:
         if args.suppression_command == "add":
+            from ._address import check_address  # noqa: PLC0415
+
+            checked = check_address(args.address, mode="syntax")
+            if not checked.ok:
+                raise SystemExit(
+                    f"mailpolicy suppression add: {args.address!r} is not an address: "
+                    f"{checked.error}"
+                )
+            existing = store.suppressed(args.address, now=now)
             store.add_suppression(
                 args.address, reason=args.reason, now=now, ttl=args.ttl, text="added by hand"
             )
-            out.write(f"suppressed {args.address}\n")
+            if existing is not None:
+                print(
+                    f"mailpolicy suppression add: replaced the entry for {args.address} "
+                    f"({existing.reason}, {_expiry(existing.expires_at)})",
+                    file=sys.stderr,
+                )
+            until = None if args.ttl is None else now + args.ttl
+            out.write(f"suppressed {args.address} ({_expiry(until)})\n")
         elif args.suppression_command == "remove":
             removed = store.remove_suppression(args.address)
             out.write(f"{'removed' if removed else 'not on the list:'} {args.address}\n")
@@ -434,7 +486,11 @@ def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:
                 if args.json or args.suppression_command == "export":
                     out.write(json.dumps(e.to_dict(), default=str) + "\n")
                 else:
-                    out.write(f"{e.address} {e.reason} {e.code or ''} {e.status or ''}\n")
+                    reply = " ".join(str(x) for x in (e.code, e.status) if x)
+                    out.write(
+                        f"{e.address} {e.reason}{' ' + reply if reply else ''} "
+                        f"({_expiry(e.expires_at)})\n"
+                    )
     return 0
 
 
@@ -562,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--store", required=True, metavar="URL", help="e.g. sqlite:///mail.sqlite3")
     w.add_argument("--host", required=True)
-    w.add_argument("--port", type=int)
+    w.add_argument("--port", type=int, help="default: 587 for starttls, 465 for ssl, 25 for none")
     w.add_argument("--security", choices=("starttls", "ssl", "none"), default="starttls")
     w.add_argument("--username")
     w.add_argument("--password-env", metavar="VAR")
@@ -578,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
         "used instead",
     )
     w.add_argument("--lease", type=_duration, default=900.0, help="claim lease (default 15m)")
-    w.add_argument("--poll", type=_duration, default=5.0, help="idle wait between scans")
+    w.add_argument(
+        "--poll", type=_duration, default=5.0, help="idle wait between scans (default 5s)"
+    )
     w.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
     w.add_argument("--concurrency", type=int, default=1, help="worker threads (default 1)")
     w.add_argument(
@@ -614,14 +672,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("suppression", help="the suppression list")
     ssub = sp.add_subparsers(dest="suppression_command", required=True, metavar="ACTION")
-    for action in ("list", "add", "remove", "export"):
-        sa = ssub.add_parser(action)
+    for action, text in (
+        ("list", "the active entries (address, reason, reply, until when)"),
+        ("add", "suppress an address by hand (replaces its entry, says so)"),
+        ("remove", "take an address off the list; exit 1 if it was not on it"),
+        ("export", "the active entries as JSON lines"),
+    ):
+        sa = ssub.add_parser(action, help=text)
         sa.add_argument("--store", required=True, metavar="URL")
         sa.add_argument("--json", action="store_true")
         if action in ("add", "remove"):
             sa.add_argument("address")
         if action == "add":
-            sa.add_argument("--reason", default="mailbox_unknown", choices=REASONS)
+            sa.add_argument(
+                "--reason", default="mailbox_unknown", choices=SUPPRESSION_REASONS,
+                help="why (default mailbox_unknown)",
+            )  # fmt: skip
             sa.add_argument("--ttl", type=_duration, help="default: forever")
         sa.set_defaults(handler=_cmd_suppression)
 
