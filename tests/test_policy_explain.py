@@ -61,10 +61,11 @@ def test_each_action_has_a_plan(case: tuple[str, str, str | None, str, str, int]
 
 
 def test_the_table_is_readable() -> None:
-    e = explain(load_policy("default"), reply="421 4.7.0 Too many connections", stage="rcpt")
+    e = explain(load_policy("default"), reply="421 4.3.2 Service shutting down", stage="rcpt")
     table = render_explanation(e)
     lines = table.splitlines()
     assert "rule     service-closing" in lines
+    assert not any(line.startswith("relay") for line in lines)
     assert "action   retry  retry=true suppress=false" in lines
     header = next(line for line in lines if line.startswith("#"))
     assert header.split() == ["#", "tier", "at", "wait", "jitter", "range"]
@@ -78,3 +79,13 @@ def test_a_destination_override_shows_in_the_explanation() -> None:
     inline = [a for a in e.attempts if a.tier in ("first", "inline")]
     assert len(inline) == 6  # the internal destination's max_attempts
     assert e.decision.destination == "internal"
+
+
+def test_a_421_rate_limit_is_retried_inline_then_pauses_the_relay() -> None:
+    """DESIGN.md: any 421 is retried inline first, and a rate limit slows the relay: the
+    default policy does both, in that order."""
+    e = explain(load_policy("default"), reply="421 4.7.0 Too many connections", stage="rcpt")
+    lines = render_explanation(e).splitlines()
+    assert "rule     rate-limited-421" in lines
+    assert "relay    paused 5m once the inline retries are used up (a relay-wide limit)" in lines
+    assert [a.tier for a in e.attempts[:4]] == ["first", "inline", "inline", "queue"]

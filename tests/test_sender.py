@@ -499,6 +499,27 @@ def test_throttle_pauses_the_relay(
     assert s.send(message("carl@example.org")).outcomes[0].state == "delivered"
 
 
+def test_a_421_rate_limit_is_retried_inline_then_pauses_the_relay(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
+) -> None:
+    """Any 421 is retried inline (a fresh connection may get through), and a rate limit
+    slows the relay: when the inline retries are used up, the default policy pauses it
+    for 5 minutes, so the next send waits instead of adding to the load (it connected at
+    once before: conformance review)."""
+    smtp_server.script.rcpt(*["421 4.7.0 Too many connections from your IP"] * 3)
+    s = sender_for(smtp_server)
+    first = s.send(message("ann@example.org")).outcomes[0]
+    assert (first.state, first.reason, first.attempts) == ("deferred", "rate_limited", 3)
+    assert first.next_attempt_at is not None
+    assert first.next_attempt_at.timestamp() >= clock.time() + 290
+    connections = smtp_server.connections
+    paused = s.send(message("bob@example.org")).outcomes[0]
+    assert (paused.state, paused.rule, paused.attempts) == ("deferred", "relay.paused", 0)
+    assert smtp_server.connections == connections
+    clock.advance(301)
+    assert s.send(message("carl@example.org")).outcomes[0].state == "delivered"
+
+
 def test_one_mailboxs_rate_limit_does_not_pause_the_relay(
     smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], clock: FakeClock
 ) -> None:

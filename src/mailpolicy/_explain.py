@@ -115,6 +115,9 @@ def render_explanation(explanation: Explanation) -> str:
     ]
     if e.retry_after is not None:
         lines.append(f"server   asked to wait {format_duration(e.retry_after)}")
+    if d.pause and d.action in ("throttle", "retry"):
+        when = "at once" if d.action == "throttle" else "once the inline retries are used up"
+        lines.append(f"relay    paused {format_duration(d.pause)} {when} (a relay-wide limit)")
     lines.append("")
     header = ("#", "tier", "at", "wait", "jitter range")
     rows = [

@@ -123,8 +123,9 @@ def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:
                 raise PolicyError(
                     source, f"{where}.{key}", "only a retry, defer or throttle rule takes this key"
                 )
-        if "pause" in raw and action != "throttle":
-            raise PolicyError(source, f"{where}.pause", "only a throttle rule takes pause")
+        if "pause" in raw and action not in ("throttle", "retry"):
+            # throttle: pause the relay at once; retry: once the inline retries are used up
+            raise PolicyError(source, f"{where}.pause", "only a throttle or retry rule takes pause")
         if action == "throttle" and "pause" not in raw:
             raise PolicyError(source, f"{where}.pause", "required for action 'throttle'")
         out.append(

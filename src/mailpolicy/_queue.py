@@ -95,7 +95,11 @@ def next_step(
         _floor(decision, retry_after),
         MIN_QUEUE_DELAY,
     )
-    pause_until = now + decision.pause if action == "throttle" and decision.pause else None
+    # A throttle pauses the relay; a retry with a pause does once the queue has it (its
+    # inline retries are used up: a 421 rate limit, retried inline like any 421).
+    pause_until = (
+        now + decision.pause if action in ("throttle", "retry") and decision.pause else None
+    )
     return QueueStep(
         action="defer",
         rule=decision.rule,

@@ -663,6 +663,7 @@ class Sender:
             # The deadline belongs to this send(): a later open(), QUIT or the worker's
             # attempt on the same connection waits the plain per-command timeouts.
             self._session.end_request(self.settings)
+        self._apply_throttle(pending, relay, inline_done=True)
         now = self._clock()
         for p in pending:
             outcomes[p.recipient] = self._finish(p, first_failure_at or now, now)
@@ -760,16 +761,22 @@ class Sender:
                 return
             batch = rebatch
 
-    def _apply_throttle(self, judged: Sequence[_Pending], relay: RelayState) -> None:
+    def _apply_throttle(
+        self, judged: Sequence[_Pending], relay: RelayState, *, inline_done: bool = False
+    ) -> None:
         """A ``throttle`` decision on a relay-wide rate limit pauses the relay for its
-        ``pause``. One mailbox's rate limit (Gmail's "the user you are trying to contact
-        is receiving mail at a rate...", scope ``recipient``) defers that recipient for at
-        least the pause (the queue's floor) and leaves every other destination alone."""
+        ``pause``; so does a ``retry`` decision with a ``pause`` once its inline retries
+        are used up (``inline_done``: a 421 rate limit is retried inline like any 421,
+        then slows the relay). One mailbox's rate limit (Gmail's "the user you are trying
+        to contact is receiving mail at a rate...", scope ``recipient``) defers that
+        recipient for at least the pause (the queue's floor) and leaves every other
+        destination alone."""
+        pausing = ("throttle", "retry") if inline_done else ("throttle",)
         pauses = [
             p.decision.pause
             for p in judged
             if p.decision is not None
-            and p.decision.action == "throttle"
+            and p.decision.action in pausing
             and p.decision.pause
             and (p.verdict is None or p.verdict.scope == "relay")
         ]

@@ -448,7 +448,7 @@ class Worker:
                 )
                 return
             claim = held[0]
-            sender._apply_throttle(pending, relay)
+            sender._apply_throttle(pending, relay, inline_done=True)  # no inline tier here
             # One mail.attempt event per SMTP attempt (DESIGN.md §5), numbered as the
             # message's attempts so far: the send()'s and the earlier workers' included.
             number = max(p.attempts for p in pending)
