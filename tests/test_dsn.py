@@ -979,3 +979,26 @@ def test_each_recipient_gets_its_own_paragraph_of_the_notice() -> None:
     ).recipients
     assert a.explanation == "a@example.org mailbox unknown"
     assert b.explanation == "<b@example.org>: host said: 550 b unknown"
+
+
+def test_a_policys_own_classification_rules_judge_its_bounces(tmp_path: Path) -> None:
+    """The rules a policy adds ([[classification]]) read DSN diagnostics too."""
+    from mailpolicy import load_policy
+
+    (tmp_path / "acme.toml").write_text(
+        'schema = 1\nname = "acme"\nextends = "default"\n\n[[classification]]\n'
+        'id = "acme.gone"\nreason = "mailbox_unknown"\ntext = ["acme no such box"]\n'
+    )
+    report = parse_dsn(
+        wrap(
+            "Reporting-MTA: dns; mx\n\nFinal-Recipient: rfc822; a@b.example\n"
+            "Action: failed\nStatus: 5.0.0\n"
+            "Diagnostic-Code: smtp; 550 ACME no such box (in reply to RCPT TO command)\n"
+        ).encode()
+    )
+    (shipped,) = judge_dsn(report)
+    (mine,) = judge_dsn(report, policy=load_policy(tmp_path / "acme.toml"))
+    assert shipped.verdict.rule != "acme.gone"
+    assert (mine.verdict.reason, mine.verdict.rule, mine.suppress) == (
+        "mailbox_unknown", "acme.gone", True
+    )  # fmt: skip

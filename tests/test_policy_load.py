@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -227,3 +228,60 @@ def test_a_policy_file_can_be_minimal(tmp_path: Path) -> None:
     assert policy.inline.max_attempts == 3
     assert policy.budget.capacity == 50
     assert policy.address.mode == "syntax"
+
+
+_ACME = """schema = 1
+name = "acme"
+extends = "default"
+
+[[classification]]
+id = "acme.quota"
+reason = "rate_limited"
+text = ["acme quota exceeded"]
+"""
+
+
+def test_a_policy_adds_classification_rules_before_the_shipped_ones(tmp_path: Path) -> None:
+    """DESIGN.md §2: rules are data, shipped with the package and overridable from a
+    policy. A provider quirk of one's own is a [[classification]] entry (the shipped
+    [[rules]] format), tried before the shipped rules; the policy's actions then apply."""
+    from mailpolicy import classify
+    from mailpolicy._explain import explain
+
+    policy = load_policy(write(tmp_path, "acme", _ACME))
+    reply = "550 5.7.1 ACME quota exceeded, come back tomorrow"
+    assert classify(reply, stage="rcpt").reason == "mailbox_full"  # shipped: "quota"
+    mine = classify(reply, stage="rcpt", rules=policy.classifier)
+    assert (mine.reason, mine.rule) == ("rate_limited", "acme.quota")
+    explained = explain(policy, reply=reply, stage="rcpt")
+    assert (explained.classified_by, explained.decision.action) == ("acme.quota", "throttle")
+    assert load_policy("default").classifier is None  # no rules of its own: the shipped
+    child = write(
+        tmp_path,
+        "acme2",
+        'schema = 1\nname = "acme2"\nextends = "acme.toml"\n\n[[classification]]\n'
+        'id = "acme.gone"\nreason = "mailbox_unknown"\ntext = ["acme: no such box"]\n',
+    )
+    inherited = load_policy(child).classifier
+    assert inherited is not None
+    assert classify(reply, stage="rcpt", rules=inherited).rule == "acme.quota"
+    assert classify("550 acme: no such box", stage="rcpt", rules=inherited).rule == "acme.gone"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('id = "mailbox.unknown"\nreason = "mailbox_unknown"\ntext = ["x"]',
+         "classification[0].id: 'mailbox.unknown' is a shipped rule's id; choose another"),
+        ('id = "acme.x"\nreason = "sad"\ntext = ["x"]', "classification[0].reason: unknown reason"),
+        ('id = "acme.x"\nreason = "unknown"', "classification[0].text: a text rule needs"),
+        ('id = "acme.x"\nreason = "unknown"\ntext = ["x"]\nstage = "nowhere"',
+         "classification[0].stage: unknown stage 'nowhere'"),
+    ],
+)  # fmt: skip
+def test_a_bad_classification_rule_names_its_file_and_key(
+    tmp_path: Path, entry: str, message: str
+) -> None:
+    text = f'schema = 1\nname = "bad"\nextends = "default"\n\n[[classification]]\n{entry}\n'
+    with pytest.raises(PolicyError, match=re.escape(f"bad.toml: {message}")):
+        load_policy(write(tmp_path, "bad", text))

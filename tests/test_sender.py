@@ -885,3 +885,22 @@ def test_one_sender_shared_by_threads_sends_each_message_to_its_own_recipient(
     assert len(smtp_server.messages) == 60
     for m in smtp_server.messages:
         assert list(m.rcpt_tos) == [str(m.parsed()["To"])]
+
+
+def test_a_policys_own_classification_rule_decides_a_live_reply(
+    smtp_server: SMTPTestServer, sender_for: Callable[..., Sender], tmp_path: Any
+) -> None:
+    """A provider quirk of one's own, in the policy: the reply the server sends is judged
+    by it (not only by classify() in a test), and the policy's action follows."""
+    from mailpolicy import load_policy
+
+    (tmp_path / "acme.toml").write_text(
+        'schema = 1\nname = "acme"\nextends = "default"\n\n[[classification]]\n'
+        'id = "acme.quota"\nreason = "rate_limited"\ntext = ["acme quota exceeded"]\n'
+    )
+    smtp_server.script.rcpt("ann@example.org", "550 5.7.1 ACME quota exceeded, try tomorrow")
+    sender = sender_for(smtp_server, policy=load_policy(tmp_path / "acme.toml"))
+    (o,) = sender.send(message("ann@example.org")).outcomes
+    assert (o.state, o.reason, o.rule, o.action) == (
+        "deferred", "rate_limited", "acme.quota", "throttle"
+    )  # fmt: skip

@@ -365,9 +365,12 @@ def _network_verdict(reason: Reason, kind: Kind, rule: str, stage: Stage | None)
     )
 
 
-def classify_error(exc: BaseException, *, stage: Stage | None = None) -> Verdict:
+def classify_error(
+    exc: BaseException, *, stage: Stage | None = None, rules: RuleSet | None = None
+) -> Verdict:
     """Classify a failure that may have no reply: refused, reset, timeout, TLS, DNS, or
-    an ``smtplib`` exception (whose reply, if any, is classified as by :func:`classify`).
+    an ``smtplib`` exception (whose reply, if any, is classified as by :func:`classify`,
+    with ``rules`` if given: a policy's ``classifier``).
     """
     if not isinstance(exc, BaseException):
         raise InvalidInputError(f"classify_error takes an exception, not {type(exc).__name__}")
@@ -376,7 +379,7 @@ def classify_error(exc: BaseException, *, stage: Stage | None = None) -> Verdict
         # Every recipient was refused; each has its own reply. Report the first.
         for code, text in exc.recipients.values():
             raw = text if isinstance(text, bytes) else str(text).encode("utf-8", "replace")
-            return classify(f"{code} ".encode() + raw, stage=stage or "rcpt")
+            return classify(f"{code} ".encode() + raw, stage=stage or "rcpt", rules=rules)
     if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code > 0:
         if isinstance(exc, smtplib.SMTPSenderRefused):
             stage = stage or "mail"
@@ -386,7 +389,7 @@ def classify_error(exc: BaseException, *, stage: Stage | None = None) -> Verdict
             stage = stage or "ehlo"
         error = exc.smtp_error
         raw = error if isinstance(error, bytes) else str(error).encode("utf-8", "replace")
-        return classify(f"{exc.smtp_code} ".encode() + raw, stage=stage)
+        return classify(f"{exc.smtp_code} ".encode() + raw, stage=stage, rules=rules)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         # The server lacks an extension the configuration or the message requires.
         what = str(exc).lower()

@@ -40,6 +40,7 @@ from ._classify import Verdict, classify_parsed, decide_on, default_policy
 from ._errors import InvalidInputError, MailPolicyError
 from ._policy import Decision, Policy
 from ._reply import MAX_SCAN, ParsedReply, parse_reply
+from ._rules import RuleSet
 from ._store import normalise_address
 from ._vocab import Kind, Reason, Stage
 
@@ -760,8 +761,9 @@ def _rekind(
     )
 
 
-def classify_recipient(recipient: DsnRecipient) -> Verdict:
-    """Classify one recipient of a DSN.
+def classify_recipient(recipient: DsnRecipient, *, rules: RuleSet | None = None) -> Verdict:
+    """Classify one recipient of a DSN (with ``rules``, a policy's ``classifier``, if
+    given; else the shipped rules).
 
     The Diagnostic-Code is classified as a reply (its own reply code governs ``kind``,
     DESIGN.md §2 rule 1). When it quotes neither a reply code nor an enhanced status, or
@@ -779,7 +781,7 @@ def classify_recipient(recipient: DsnRecipient) -> Verdict:
     host = (recipient.remote_mta or "").lower().rstrip(".")
     if host.startswith("[") or not any(c.isalpha() for c in host):
         host = ""  # an address literal names no provider
-    verdict = classify_parsed(parsed, stage=stage, host=host)
+    verdict = classify_parsed(parsed, stage=stage, host=host, rules=rules)
     action = recipient.action
     if action == "failed":
         if parsed.code is None and parsed.status is None and verdict.kind != "permanent":
@@ -814,7 +816,7 @@ def judge_dsn(report: DeliveryStatusReport, *, policy: Policy | None = None) -> 
     chosen = default_policy() if policy is None else policy
     verdicts: list[DsnVerdict] = []
     for recipient in report.recipients:
-        verdict = classify_recipient(recipient)
+        verdict = classify_recipient(recipient, rules=chosen.classifier)
         decision = decide_on(
             chosen,
             verdict,

@@ -30,6 +30,8 @@ class Explanation:
     reason: Reason
     retry_after: float | None
     decision: Decision
+    #: The classification rule that gave the reason (shipped, or the policy's own).
+    classified_by: str
     attempts: tuple[PlannedAttempt, ...]
     final: QueueStep
 
@@ -59,6 +61,7 @@ class Explanation:
             "kind": self.kind,
             "reason": self.reason,
             "retry_after": self.retry_after,
+            "classified_by": self.classified_by,
             "rule": self.decision.rule,
             "action": self.decision.action,
             "decision": self.decision.to_dict(),
@@ -76,7 +79,7 @@ def explain(
     # Imported here: _classify will import the policy modules, not the other way round.
     from ._classify import classify, decide_on  # noqa: PLC0415
 
-    verdict = classify(reply, stage=stage)
+    verdict = classify(reply, stage=stage, rules=policy.classifier)
     decision = decide_on(policy, verdict, text=reply, domain=domain)
     retry_after = float(verdict.retry_after) if verdict.retry_after is not None else None
     attempts, final = plan_attempts(policy, decision, retry_after=retry_after, domain=domain)
@@ -91,6 +94,7 @@ def explain(
         reason=verdict.reason,
         retry_after=retry_after,
         decision=decision,
+        classified_by=verdict.rule,
         attempts=attempts,
         final=final,
     )
@@ -109,7 +113,8 @@ def render_explanation(explanation: Explanation) -> str:
     lines = [
         f"policy   {e.policy}",
         f"reply    {e.reply.splitlines()[0] if e.reply else ''}",
-        f"verdict  {e.kind} / {e.reason} (code {e.code}, status {e.status}, stage {e.stage})",
+        f"verdict  {e.kind} / {e.reason} (code {e.code}, status {e.status}, stage {e.stage}; "
+        f"classification rule {e.classified_by})",
         f"rule     {d.rule}" + (f" (destination {d.destination})" if d.destination else ""),
         f"action   {d.action}  retry={str(d.retry).lower()} suppress={str(d.suppress).lower()}",
     ]

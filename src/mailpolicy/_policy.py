@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Literal, get_args
 
 from ._address import AddressMode, domain_matches
+from ._rules import RuleSet
 from ._schedule import Backoff, Schedule
 from ._vocab import DEAD_ADDRESS_REASONS, KINDS, REASONS, RECIPIENT_STAGES, Kind, Reason, Stage
 
@@ -255,6 +256,9 @@ class Policy:
     address: AddressSettings
     suppression: SuppressionSettings
     destinations: tuple[Destination, ...] = ()
+    #: The classification rules replies are judged by under this policy: the shipped
+    #: ones with the policy's ``[[classification]]`` rules first; None: the shipped ones.
+    classifier: RuleSet | None = field(default=None, repr=False, compare=False)
     _decisions: Mapping[tuple[str | None, str], Decision] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

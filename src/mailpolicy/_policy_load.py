@@ -37,6 +37,7 @@ from ._policy import (
     SuppressionSettings,
 )
 from ._policy_rules import parse_destinations, parse_rules
+from ._rules import with_own_rules
 from ._schedule import Schedule, format_duration
 
 #: The only schema version this library reads.
@@ -53,6 +54,7 @@ _TOP: Final = (
     "schedules",
     "rules",
     "destinations",
+    "classification",
 )
 # --- one file ---------------------------------------------------------------------------
 
@@ -85,6 +87,12 @@ def _layer(raw: Mapping[str, Any], source: str, stem: str) -> dict[str, Any]:
     }
     layer["rules"] = parse_rules(raw.get("rules", []), source, "rules")
     layer["destinations"] = parse_destinations(raw.get("destinations", []), source, "destinations")
+    own = raw.get("classification", [])
+    if not isinstance(own, list):
+        raise PolicyError(source, "classification", "expected an array of tables")
+    if own:
+        with_own_rules(own, source, "classification")  # checked here: errors name this file
+    layer["classification"] = list(own)
     return layer
 
 
@@ -104,6 +112,12 @@ def _merge(parent: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any
         own = child[key]
         names = {_name_of(item) for item in own}
         merged[key] = [*own, *(item for item in parent[key] if _name_of(item) not in names)]
+    # Classification rules: the child's first; one with a parent's id replaces it.
+    ids = {item.get("id") for item in child["classification"]}
+    merged["classification"] = [
+        *child["classification"],
+        *(item for item in parent["classification"] if item.get("id") not in ids),
+    ]
     # A child's catch-all (replacing the parent's, or a new one) is the merged policy's
     # fallback: it goes last, after every parent rule, and no other catch-all stays before
     # it. At the child's position it would answer every failure before the parent's rules.
@@ -213,6 +227,11 @@ def _assemble(layer: Mapping[str, Any], source: str) -> Policy:
         address=AddressSettings(**layer["address"]),
         suppression=suppression,
         destinations=tuple(destinations),
+        classifier=(
+            with_own_rules(layer["classification"], source, "classification")
+            if layer["classification"]
+            else None
+        ),
     )
 
 

@@ -362,15 +362,49 @@ def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
     )
 
 
-def load_builtin_rules() -> RuleSet:
-    """The rules shipped with the package."""
-    name = "classification.toml"
+BUILTIN_RULES_FILE: Final = "classification.toml"
+
+
+def _builtin_raw() -> dict[str, Any]:
+    name = BUILTIN_RULES_FILE
     text = resources.files("mailpolicy").joinpath("data", name).read_text("utf-8")
     try:
-        raw = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(name, "", f"invalid TOML: {exc}") from exc
-    return build_ruleset(raw, name)
+
+
+def load_builtin_rules() -> RuleSet:
+    """The rules shipped with the package."""
+    return build_ruleset(_builtin_raw(), BUILTIN_RULES_FILE)
+
+
+def with_own_rules(own: Sequence[Mapping[str, Any]], source: str, path: str) -> RuleSet:
+    """The shipped rules with ``own`` text rules (a policy's ``[[classification]]``) tried
+    before them. Each of ``own`` is checked as a ``[[rules]]`` entry, its errors naming
+    ``source`` and ``path[i]``; an id may not repeat a shipped rule's."""
+    builtin = _builtin_raw()
+    shipped_ids = {r.get("id") for r in builtin.get("rules", [])}
+    for table in ("status", "codes"):
+        shipped_ids |= {r.get("id") for r in builtin.get(table, [])}
+    seen: set[str] = set()
+    for i, raw in enumerate(own):
+        where = f"{path}[{i}]"
+        if not isinstance(raw, Mapping):
+            raise PolicyError(source, where, "expected a table")
+        if "text_from" in raw:
+            raise PolicyError(source, f"{where}.text_from", "give the phrases as text")
+        rule = compile_rule(raw, source, where, table="rules")
+        if rule.id in shipped_ids:
+            raise PolicyError(
+                source, f"{where}.id", f"{rule.id!r} is a shipped rule's id; choose another"
+            )
+        if rule.id in seen:
+            raise PolicyError(source, f"{where}.id", f"duplicate rule id {rule.id!r}")
+        seen.add(rule.id)
+    merged = dict(builtin)
+    merged["rules"] = [*own, *builtin.get("rules", [])]
+    return build_ruleset(merged, source)
 
 
 def first_rule(

@@ -306,6 +306,7 @@ class Sender:
             end_of_data_timeout=self.policy.queue.end_of_data_timeout,
             local_hostname=local_hostname,
             allow_insecure_auth=allow_insecure_auth,
+            rules=self.policy.classifier,
         )
         self._session = Session(self.settings, connection)
         # One transaction at a time on the one connection: two threads interleaving

@@ -23,6 +23,7 @@ from ._classify import Verdict, classify, classify_error, success_verdict
 from ._errors import MailPolicyError
 from ._message import PreparedMessage
 from ._relaystate import relay_key
+from ._rules import RuleSet
 from ._vocab import Stage
 
 Security = Literal["starttls", "ssl", "none"]
@@ -111,6 +112,9 @@ class ConnectionSettings:
     #: in a request; DESIGN.md §4), or waits the whole ``end_of_data_timeout`` (the
     #: worker, or an explicit ``end_of_data_timeout``).
     end_of_data_within_deadline: bool = False
+    #: The classification rules replies are judged by (the policy's ``classifier``);
+    #: None: the shipped ones.
+    rules: RuleSet | None = field(default=None, repr=False, compare=False)
 
     def wait_for(self, timeout: float) -> float:
         """``timeout`` cut to what is left of the deadline, measured now: a command
@@ -164,7 +168,9 @@ def _reply_text(code: int, message: bytes | str) -> str:
 _SUCCESS_STATUS: Final = re.compile(r"2\.([0-9]{1,3})\.([0-9]{1,3})(?![0-9.])")
 
 
-def _verdict(code: int, message: bytes | str, stage: Stage, host: str) -> tuple[Verdict, str]:
+def _verdict(
+    code: int, message: bytes | str, stage: Stage, host: str, rules: RuleSet | None
+) -> tuple[Verdict, str]:
     text = _reply_text(code, message)
     if 200 <= code < 300:
         # A success needs no rules (classify() would say the same, after parsing the
@@ -172,7 +178,7 @@ def _verdict(code: int, message: bytes | str, stage: Stage, host: str) -> tuple[
         m = _SUCCESS_STATUS.match(text, 4)
         status = None if m is None else f"2.{int(m.group(1))}.{int(m.group(2))}"
         return success_verdict(code, status, stage), text
-    return classify(text, stage=stage, host=host), text
+    return classify(text, stage=stage, host=host, rules=rules), text
 
 
 #: AUTH mechanisms in order of preference (RFC 4954): under TLS the plain ones (PLAIN is
@@ -201,13 +207,15 @@ def _login_once(conn: smtplib.SMTP, username: str, password: str) -> None:
     conn.auth(mechanism, method, initial_response_ok=True)  # raises on a failure reply
 
 
-def _lost(exc: BaseException, stage: Stage) -> Verdict:
+def _lost(exc: BaseException, stage: Stage, rules: RuleSet | None = None) -> Verdict:
     """A dropped connection; a socket timeout hides behind SMTPServerDisconnected."""
     cause = exc.__context__ if isinstance(exc, smtplib.SMTPServerDisconnected) else None
-    return classify_error(cause if isinstance(cause, TimeoutError) else exc, stage=stage)
+    return classify_error(
+        cause if isinstance(cause, TimeoutError) else exc, stage=stage, rules=rules
+    )
 
 
-def _stage_error(exc: BaseException, stage: Stage) -> StageError:
+def _stage_error(exc: BaseException, stage: Stage, rules: RuleSet | None) -> StageError:
     """The failure of one step: the server's reply, or a lost or refused connection."""
     if isinstance(exc, smtplib.SMTPResponseException):
         if stage == "connect" and isinstance(exc, smtplib.SMTPConnectError):
@@ -215,9 +223,10 @@ def _stage_error(exc: BaseException, stage: Stage) -> StageError:
             # (DESIGN.md §2 keeps the two stages apart; policies match on greeting).
             stage = "greeting"
         return StageError(
-            classify_error(exc, stage=stage), _reply_text(exc.smtp_code, exc.smtp_error)
+            classify_error(exc, stage=stage, rules=rules),
+            _reply_text(exc.smtp_code, exc.smtp_error),
         )
-    return StageError(_lost(exc, stage), f"{type(exc).__name__}: {exc}")
+    return StageError(_lost(exc, stage, rules), f"{type(exc).__name__}: {exc}")
 
 
 class Session:
@@ -238,7 +247,7 @@ class Session:
         """Record that connecting already failed with ``exc`` (the Django backend's own
         ``open()``): the next :meth:`open` raises it instead of connecting, so that
         failure is the first attempt of the send, counted, logged and judged like one."""
-        self._failed_open = _stage_error(exc, "connect")
+        self._failed_open = _stage_error(exc, "connect", self.settings.rules)
 
     @property
     def is_open(self) -> bool:
@@ -271,7 +280,7 @@ class Session:
         try:
             return call()
         except (smtplib.SMTPException, OSError, ValueError) as exc:
-            failure = _stage_error(exc, stage)
+            failure = _stage_error(exc, stage, self.settings.rules)
             cause: BaseException | None = exc
         self.close(polite=False)
         if stage == "auth":
@@ -353,7 +362,7 @@ class Session:
         if code in (500, 502, 504):  # EHLO not understood: an old server; try HELO
             code, reply = self._step("ehlo", conn.helo)
         if not 200 <= code < 300:
-            verdict, text = _verdict(code, reply, "ehlo", self.settings.host)
+            verdict, text = _verdict(code, reply, "ehlo", self.settings.host, self.settings.rules)
             self.close(polite=code != 421)
             raise StageError(verdict, text)
 
@@ -418,7 +427,7 @@ class Session:
         conn = self.connection
         if conn is None:  # open() just succeeded; this only narrows the type
             raise _StaleConnectionError
-        host = self.settings.host
+        host, rules = self.settings.host, self.settings.rules
         results = [RecipientResult(recipient=r) for r, _ in recipients]
         fresh, self._fresh = self._fresh, False
 
@@ -444,10 +453,10 @@ class Session:
             if not fresh:
                 raise _StaleConnectionError from exc  # an idle pooled connection timed out
             self.close(polite=False)
-            fail_all(_lost(exc, "mail"), str(exc), results)
+            fail_all(_lost(exc, "mail", rules), str(exc), results)
             return results
         if not 200 <= code < 300:
-            verdict, text = _verdict(code, reply, "mail", host)
+            verdict, text = _verdict(code, reply, "mail", host, rules)
             fail_all(verdict, text, results)
             self._after_failure(code)
             return results
@@ -460,12 +469,12 @@ class Session:
                 code, reply = _command(conn, "rcpt", f"TO:<{wire}>", ())
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close(polite=False)
-                fail_all(_lost(exc, "rcpt"), str(exc), results[i:] + accepted)
+                fail_all(_lost(exc, "rcpt", rules), str(exc), results[i:] + accepted)
                 return results
             if 200 <= code < 300:
                 accepted.append(result)
                 continue
-            verdict, text = _verdict(code, reply, "rcpt", host)
+            verdict, text = _verdict(code, reply, "rcpt", host, rules)
             if verdict.reason == "too_many_recipients":
                 # RFC 5321 §4.5.3.1.10: send the rest in a new transaction.
                 for r in results[i:]:
@@ -486,10 +495,10 @@ class Session:
             code, reply = conn.docmd("data")  # spelt as smtplib's own data() does
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
-            fail_all(_lost(exc, "data"), str(exc), accepted)
+            fail_all(_lost(exc, "data", rules), str(exc), accepted)
             return results
         if code != 354:
-            verdict, text = _verdict(code, reply, "data", host)
+            verdict, text = _verdict(code, reply, "data", host, rules)
             fail_all(verdict, text, accepted)
             self._after_failure(code)
             return results
@@ -499,7 +508,7 @@ class Session:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # The final dot did not get through: nothing can have been accepted.
             self.close(polite=False)
-            fail_all(_lost(exc, "data"), str(exc), accepted)
+            fail_all(_lost(exc, "data", rules), str(exc), accepted)
             return results
         sock = conn.sock
         try:
@@ -517,14 +526,14 @@ class Session:
             # RFC 5321 §4.5.3.2.6, §6.1: after the final dot the server may have taken
             # the message. Ambiguous: never retried inline.
             self.close(polite=False)
-            verdict = _lost(exc, "end_of_data")
+            verdict = _lost(exc, "end_of_data", rules)
             for r in accepted:
                 r.verdict, r.text, r.ambiguous = verdict, str(exc), True
             return results
         finally:
             if conn.sock is not None:
                 conn.sock.settimeout(self.settings.timeout)
-        verdict, text = _verdict(code, reply, "end_of_data", host)
+        verdict, text = _verdict(code, reply, "end_of_data", host, rules)
         fail_all(verdict, text, accepted)
         if not 200 <= code < 300:
             self._after_failure(code)
