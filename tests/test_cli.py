@@ -196,6 +196,8 @@ def test_dsn_without_a_store_says_it_would_suppress(tmp_path: Any) -> None:
     assert p.returncode == 0, p.stderr
     assert b"-> would suppress (no --store)" in p.stdout
     assert b"-> suppressed" not in p.stdout
+    # Which message bounced: the DSN's original Message-ID, for `outbox show`.
+    assert b"(message <174099689712.4321.15551234@app.example.com>)" in p.stdout
     store = f"sqlite:///{tmp_path / 's.sqlite3'}"
     first, again = (
         run("dsn", str(bounce), "--store", store),

@@ -522,7 +522,11 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
                     out.write(json.dumps({"file": name, **v.to_dict()}, default=str) + "\n")
                 else:
                     flag = _INTAKE_FLAGS[v.suppression]
-                    out.write(f"{name}: {v.recipient} {v.dsn_action} {v.verdict.reason}{flag}\n")
+                    about = report.original_message_id
+                    of = f" (message {about})" if about else ""
+                    out.write(
+                        f"{name}: {v.recipient} {v.dsn_action} {v.verdict.reason}{flag}{of}\n"
+                    )
     finally:
         if show_progress:
             sys.stderr.write("\n")
