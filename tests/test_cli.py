@@ -155,6 +155,15 @@ def test_send_reports_each_recipient(smtp_server: Any) -> None:
     assert p.returncode == 2, p.stderr
     report = json.loads(p.stdout)
     assert [o["state"] for o in report["outcomes"]] == ["delivered", "bounced"]
+    # As text: the server's words under a failure; a deferral says nobody retries it.
+    smtp_server.script.rcpt("bob@example.org", "550 5.1.1 User unknown")
+    smtp_server.script.rcpt("cy@example.org", "450 4.2.0 Greylisted")
+    p = run("send", "--host", smtp_server.host, "--port", str(smtp_server.port),
+            "--security", "none", "--from", "app@example.com", "--to", "bob@example.org",
+            "cy@example.org")  # fmt: skip
+    lines = p.stdout.decode().splitlines()
+    assert "    550 5.1.1 User unknown" in lines
+    assert any(line.endswith("not retried (no store)") for line in lines)
 
 
 def test_demo_runs() -> None:

@@ -166,10 +166,14 @@ def _cmd_send(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{report.message_id} via {report.relay} (policy {report.policy})\n")
         for o in report.outcomes:
             reply = " ".join(str(x) for x in (o.code, o.status) if x) or "-"
-            when = f" next attempt {o.next_attempt_at.isoformat()}" if o.next_attempt_at else ""
+            # `send` keeps no outbox: a deferred recipient is nobody's to retry, say so.
+            when = " not retried (no store)" if o.state in ("deferred", "held") else ""
             out.write(
                 f"  {o.recipient}: {o.state} ({o.reason}, {reply}, {o.attempts} attempt(s)){when}\n"
             )
+            said = " ".join(o.text.split())
+            if said and o.state != "delivered":
+                out.write(f"    {said[:200]}\n")
     return 0 if report.all_delivered else EXIT_UNDELIVERED
 
 
