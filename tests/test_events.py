@@ -199,3 +199,39 @@ def test_the_delivery_event_carries_the_reply_with_the_recipient_shown_alike(
         sender.send(m)
     (event,) = [e for e in logs if e["event"] == "mail.delivery"]
     assert event["text"] == shown
+
+
+def test_a_log_handler_that_sends_mail_does_not_loop(
+    smtp_server_factory: Any,
+) -> None:
+    """Django's AdminEmailHandler mails ERROR records, here through mailpolicy itself: a
+    held delivery logs an error, which is mailed, held again, logged... (review: 47 SMTP
+    connections for one send_mail). Events raised while one is handled are dropped."""
+    server = smtp_server_factory(auth_required=True)
+    sends: list[int] = []
+
+    class MailTheAdmins(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            sends.append(1)
+            admin = EmailMessage()
+            admin["From"], admin["To"], admin["Subject"] = "app@x.example", "ops@x.example", "e"
+            admin.set_content(record.getMessage())
+            with Sender(server.host, server.port, security="none",
+                        relays=RelayRegistry()) as mailer:  # fmt: skip
+                mailer.send(admin)
+
+    handler = MailTheAdmins(level=logging.ERROR)
+    logger = logging.getLogger("mailpolicy")
+    logger.addHandler(handler)
+    try:
+        structlog.reset_defaults()  # unconfigured: events go to the stdlib logger
+        m = EmailMessage()
+        m["From"], m["To"], m["Subject"] = "app@x.example", "ann@x.example", "x"
+        m.set_content("y")
+        with Sender(server.host, server.port, security="none", relays=RelayRegistry()) as s:
+            (o,) = s.send(m).outcomes
+    finally:
+        logger.removeHandler(handler)
+    assert (o.state, o.reason) == ("held", "auth_required")
+    assert sends == [1]  # the admins' mail was held too, and its event not handled again
+    assert server.connections == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -89,13 +90,27 @@ def _logger() -> Any:
     return _LOGGER if structlog.is_configured() else _STDLIB
 
 
+_EMITTING: Final = threading.local()
+
+
 def _log(level: str, event: str, **fields: Any) -> None:
     """Emit one event. A logging failure (a processor that raises, a broken handler or
     sink) is swallowed: an event reports a delivery, it must never change one. Raising
     here would make send() fail after the server accepted the message, or stop the
-    worker before it recorded a delivery, and the mail would be sent again."""
-    with suppress(Exception):  # whatever the application's logging raises
-        getattr(_logger(), level)(event, **fields)
+    worker before it recorded a delivery, and the mail would be sent again.
+
+    Events emitted while an event is being handled (on this thread) are dropped: a
+    handler that sends mail itself (Django's AdminEmailHandler on ERROR records, through
+    this very backend) would otherwise log a held delivery, mail it, be held again... a
+    loop of SMTP attempts until the recursion limit."""
+    if getattr(_EMITTING, "active", False):
+        return
+    _EMITTING.active = True
+    try:
+        with suppress(Exception):  # whatever the application's logging raises
+            getattr(_logger(), level)(event, **fields)
+    finally:
+        _EMITTING.active = False
 
 
 def delivery(state: str, **fields: Any) -> None:
