@@ -664,6 +664,45 @@ def test_a_delivery_of_several_transactions_keeps_its_lease(
         assert smtp_server.delivered_to(address) == 1, address
 
 
+def test_a_lease_that_cannot_be_renewed_mid_delivery_loses_nothing(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """Between two transactions of one delivery the store stays locked: the lease cannot
+    be renewed. The worker sends nothing more, but still records what the first
+    transaction delivered (it escaped unrecorded and was sent again: diff review); the
+    recipient left is deferred untried and delivered by the next run."""
+    from mailpolicy._store import StoreBusyError
+
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
+    with make_sender(smtp_server, store, clock, RelayRegistry()) as sender:
+        sender.send(message("bob@example.org", "cy@example.org"))
+    store.retry_now(now=clock.time())
+    smtp_server.reset()
+    smtp_server.script.rcpt("cy@example.org", "452 4.5.3 Too many recipients")
+    renewals: list[int] = []
+
+    def locked_after_the_first() -> None:
+        renewals.append(1)
+        if len(renewals) > 1:  # the first renew is before the delivery; then: locked
+            raise StoreBusyError("database is locked")
+
+    worker = Worker(
+        _Hooked(store, locked_after_the_first, "renew"), smtp_server.host, smtp_server.port,
+        security="none", clock=clock.time, monotonic=clock.now, sleep=clock.sleep,
+        relays=RelayRegistry(),
+    )  # fmt: skip
+    stats = worker.run_once()
+    assert (stats.delivered, stats.deferred, stats.leases_lost) == (1, 1, 0)
+    assert smtp_server.delivered_to("bob@example.org") == 1
+    assert smtp_server.delivered_to("cy@example.org") == 0
+    (cy,) = store.list_recipients(state="deferred")
+    assert (cy.recipient, cy.reason) == ("cy@example.org", "system_error")
+    store.retry_now(now=clock.time())
+    make_worker(smtp_server, store, clock, RelayRegistry()).run_once()
+    assert smtp_server.delivered_to("cy@example.org") == 1
+    assert smtp_server.delivered_to("bob@example.org") == 1  # never a second copy
+
+
 _API_WORKER = """
 import sys
 from mailpolicy import open_store

@@ -677,21 +677,29 @@ class Sender:
         *,
         smtputf8: bool,
         relay: RelayState,
-        heartbeat: Callable[[], None] | None = None,
+        heartbeat: Callable[[], bool] | None = None,
     ) -> None:
         """One attempt: as many transactions as rebatching needs, on one connection.
         ``smtputf8`` says the message itself (headers, envelope sender) needs SMTPUTF8;
         recipients that need it are known from their wire addresses. ``heartbeat`` runs
         before each transaction after the first (the worker renews its lease there: each
-        transaction may wait the full end-of-data timeout); it may raise to stop."""
+        transaction may wait the full end-of-data timeout); when it returns False, the
+        recipients left are deferred untried and the attempt ends normally, so what the
+        earlier transactions delivered is still judged and recorded."""
         policy = self.policy
         batch = list(todo)
         for p in todo:
             p.attempts += 1
         first = True
         while batch:
-            if heartbeat is not None and not first:
-                heartbeat()
+            if heartbeat is not None and not first and not heartbeat():
+                self._not_tried(
+                    batch,
+                    rule="worker.lease-not-renewed",
+                    text="not sent in this attempt: the worker could not renew its lease "
+                    "before another transaction",
+                )
+                return
             first = False
             try:
                 self._session.open()
@@ -793,6 +801,25 @@ class Sender:
                 "(an internationalised address); nothing was sent"
             ),
         )
+
+    def _not_tried(self, batch: list[_Pending], *, rule: str, text: str) -> None:
+        """Recipients this attempt stopped before trying: deferred on the queue's
+        schedule, a transient local verdict (no reply: nothing was sent for them)."""
+        verdict = Verdict(
+            code=None,
+            status=None,
+            kind="transient",
+            reason="system_error",
+            retry=True,
+            suppress=False,
+            scope="message",
+            retry_after=None,
+            rule=rule,
+            stage=None,
+        )
+        for p in batch:
+            p.verdict, p.text = verdict, text
+            p.decision = Decision(action="defer", rule=rule, retry=True, suppress=False)
 
     def _local_failure(self, batch: list[_Pending], *, rule: str, text: str) -> None:
         """The server lacks an extension the message needs: bounced before MAIL, with

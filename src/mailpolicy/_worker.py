@@ -49,6 +49,8 @@ from ._store import (
 from ._vocab import as_reason
 
 DEFAULT_LEASE: Final = 15 * 60.0
+#: Tries at renewing a lease between two transactions while the database stays locked.
+RENEW_ATTEMPTS: Final = 3
 #: Held reasons that are about the whole relay connection, not one message: after one,
 #: the worker stops trying the relay until the hold ends.
 _OUR_CONFIGURATION: Final = frozenset(
@@ -161,10 +163,6 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
-
-
-class _LeaseLostError(Exception):
-    """The claim's lease was taken over between two transactions of one delivery."""
 
 
 class Worker:
@@ -423,30 +421,37 @@ class Worker:
         envelope = check_address(prepared.envelope_from, mode="off")
         smtputf8 = prepared.smtputf8 or envelope.smtputf8  # an IDN domain alone needs none
         held = [claim]  # the claim as last renewed (its lease_until is its token)
+        renewing = Retrying(
+            retry=retry_if_exception_type(StoreBusyError),
+            stop=stop_after_attempt(RENEW_ATTEMPTS),
+            wait=wait_exponential(multiplier=1, max=4),
+            sleep=self._sleep,
+            reraise=True,
+        )
 
-        def heartbeat() -> None:
+        def heartbeat() -> bool:
             # A delivery may take several transactions (a server taking one recipient
             # at a time), each up to the end-of-data wait: renew before each, so the
-            # lease covers the transaction about to start, not only the first.
-            renewed = self.store.renew(held[0], now=self._clock(), lease_seconds=self.lease)
+            # lease covers the transaction about to start, not only the first. When
+            # that fails (lost to another worker, or the store stays locked), send
+            # nothing more; what was delivered so far is still recorded below.
+            try:
+                renewed = renewing(
+                    self.store.renew, held[0], now=self._clock(), lease_seconds=self.lease
+                )
+            except StoreError:
+                return False
             if renewed is None:
-                raise _LeaseLostError
+                return False
             held[0] = renewed
+            return True
 
         started = sender._monotonic()
         if pending:
-            try:
-                sender._run_attempt(
-                    prepared, envelope, pending, smtputf8=smtputf8, relay=relay,
-                    heartbeat=heartbeat,
-                )  # fmt: skip
-            except _LeaseLostError:
-                # Another worker has the message now: send nothing more, record nothing.
-                self.stats.leases_lost += 1
-                events.worker_lease_lost(
-                    message_id=claim.message.message_id, worker=self.owner, when="sending"
-                )
-                return
+            sender._run_attempt(
+                prepared, envelope, pending, smtputf8=smtputf8, relay=relay,
+                heartbeat=heartbeat,
+            )  # fmt: skip
             claim = held[0]
             sender._apply_throttle(pending, relay, inline_done=True)  # no inline tier here
             # One mail.attempt event per SMTP attempt (DESIGN.md §5), numbered as the
