@@ -710,8 +710,10 @@ from mailpolicy._worker import Worker
 url, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with open_store(url) as store:
     worker = Worker(store, host, port, security="none")
-    stats = worker.run_forever(poll=0.05)
-print("stopped", stats.delivered)
+    try:
+        worker.run_forever(poll=0.05)
+    except KeyboardInterrupt:  # raised again once the message in hand is recorded
+        print("interrupted after", worker.stats.delivered)
 """
 
 
@@ -719,8 +721,9 @@ def test_ctrl_c_on_the_python_worker_records_the_message_in_hand(
     smtp_server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path
 ) -> None:
     """Worker.run_forever() from Python, interrupted while the server answers the final
-    dot: it used to die with KeyboardInterrupt, the accepted message unrecorded and sent
-    again after the lease (concurrency review). SIGINT now stops it gracefully."""
+    dot: it used to die with KeyboardInterrupt at once, the accepted message unrecorded
+    and sent again after the lease (concurrency review). The KeyboardInterrupt now comes
+    once the message in hand is recorded."""
     from mailpolicy.testing import Delay
 
     _deferred(smtp_server, store, clock, "u0@example.org")
@@ -740,11 +743,43 @@ def test_ctrl_c_on_the_python_worker_records_the_message_in_hand(
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
-    assert "KeyboardInterrupt" not in err
-    assert out.strip() == "stopped 1"
+    assert out.strip() == "interrupted after 1"
     counts = store.counts(now=time.time())
     assert (counts["delivered"], counts["deferred"], counts["leased"]) == (1, 0, 0)
     assert smtp_server.delivered_to("u0@example.org") == 1
+
+
+def test_a_signal_to_a_run_once_loop_is_raised_again_after_the_message_in_hand(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    """An application calling run_once() in its own loop: SIGTERM waits for the message
+    in hand, then terminates the process as it would have (it was swallowed, leaving a
+    process that ran on and delivered nothing more: diff review)."""
+    from mailpolicy.testing import Delay
+
+    _deferred(smtp_server, store, clock, "u0@example.org")
+    store.retry_now(now=time.time())
+    smtp_server.reset()
+    smtp_server.script.end_of_data(Delay(1.0, "250 2.0.0 queued"))
+    url = f"sqlite:///{tmp_path / 'mail.sqlite3'}"
+    loop = _API_WORKER.replace(
+        "worker.run_forever(poll=0.05)",
+        "while True:\n            worker.run_once()\n            import time; time.sleep(0.05)",
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", loop, url, smtp_server.host, str(smtp_server.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not any(e.stage == "data" for e in smtp_server.transcript):
+        assert time.monotonic() < deadline, "the worker never reached DATA"
+        time.sleep(0.01)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGTERM  # terminated, as SIGTERM does
+    counts = store.counts(now=time.time())
+    assert (counts["delivered"], counts["leased"]) == (1, 0)  # but after recording
 
 
 class _Hooked:

@@ -21,7 +21,7 @@ from ._schedule import parse_duration
 from ._sender import Sender
 from ._session import Security
 from ._store import Store
-from ._worker import DEFAULT_LEASE, Worker, WorkerStats
+from ._worker import DEFAULT_LEASE, Worker, WorkerStats, stop_on_signals
 
 __all__ = ["DEFAULT_LEASE", "DEFAULT_POLL", "AppWorker", "duration", "run", "summary"]
 
@@ -105,7 +105,10 @@ def run(worker: Worker, *, once: bool, poll: float = DEFAULT_POLL) -> WorkerStat
     """Run ``worker`` (``once``: what is due now, then return; otherwise until SIGTERM or
     SIGINT) and close its connections."""
     try:
-        return worker.run_once() if once else worker.run_forever(poll=poll)
+        # A management command stops gracefully on SIGTERM/SIGINT and prints its summary:
+        # the signal is consumed here, not raised again once the worker has returned.
+        with stop_on_signals(worker.stop_requested, redeliver=False):
+            return worker.run_once() if once else worker.run_forever(poll=poll)
     finally:
         worker.close()
 

@@ -144,17 +144,21 @@ def _schedule_clock(
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop`` (the worker finishes the message in hand, records
-    it, releases what it claimed and returns) while the block runs; the previous handlers
-    are put back afterwards. A KeyboardInterrupt in the middle of a delivery would leave a
-    message the server accepted unrecorded, to be sent again when its lease expires.
-    Outside the main thread signals cannot be caught: nothing changes."""
+def stop_on_signals(stop: threading.Event, *, redeliver: bool = True) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGINT set ``stop`` (the worker finishes the
+    message in hand, records it, releases what it claimed and returns) instead of
+    interrupting it: a KeyboardInterrupt in the middle of a delivery would leave a message
+    the server accepted unrecorded, to be sent again when its lease expires. Afterwards
+    the previous handlers are put back and, with ``redeliver``, the signal is raised
+    again, so the program's own handling (KeyboardInterrupt, termination) still happens,
+    only later. Outside the main thread signals cannot be caught: nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    received: list[int] = []
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         stop.set()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -163,6 +167,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
+        if received and redeliver:
+            signal.raise_signal(received[0])
 
 
 class Worker:
