@@ -335,6 +335,17 @@ def test_a_421_greeting_at_open_is_retried_inside_send_messages(site: SMTPTestSe
     ]
 
 
+def test_open_s_failure_waits_for_a_message_that_connects(site: SMTPTestServer) -> None:
+    """The first message of the batch has only an invalid address (no SMTP at all): the
+    failed open() is the first attempt of the next message, not lost (diff review)."""
+    site.script.greeting(*["421 4.3.2 Try again later"] * 10)
+    nobody, m = message("django"), message("ann@example.org")
+    with pytest.raises(DeliveryIncomplete):
+        mail.get_connection().send_messages([nobody, m])
+    assert report_of(m).outcomes[0].attempts == 3
+    assert site.connections == 3
+
+
 def test_a_relay_that_keeps_refusing_at_the_greeting_gets_max_attempts_connections(
     site: SMTPTestServer,
 ) -> None:

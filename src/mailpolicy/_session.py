@@ -242,12 +242,19 @@ class Session:
         self._fresh = connection is None
         # A connection attempt made (and failed) before this session, by its owner.
         self._failed_open: StageError | None = None
+        self._failed_open_cause: BaseException | None = None
 
     def failed_open(self, exc: BaseException) -> None:
         """Record that connecting already failed with ``exc`` (the Django backend's own
         ``open()``): the next :meth:`open` raises it instead of connecting, so that
         failure is the first attempt of the send, counted, logged and judged like one."""
         self._failed_open = _stage_error(exc, "connect", self.settings.rules)
+        self._failed_open_cause = exc
+
+    def unused_failed_open(self) -> BaseException | None:
+        """The failure given to :meth:`failed_open` if no :meth:`open` has used it yet (a
+        send that never connected: all its recipients invalid or suppressed)."""
+        return self._failed_open_cause if self._failed_open is not None else None
 
     @property
     def is_open(self) -> bool:

@@ -337,6 +337,9 @@ class EmailBackend(smtp.EmailBackend):
             self._open_failure = None
         try:
             report = sender.send(message, envelope_from=envelope_from, recipients=recipients)
+            # A message that never connected (every recipient invalid or suppressed)
+            # leaves open()'s failure to the next one, whose first attempt it is.
+            self._open_failure = sender._session.unused_failed_open()
         finally:
             # The Sender reconnects after a 421 or a drop: keep Django's attribute on the
             # connection actually in use (None when the Sender had to close it).
