@@ -235,3 +235,28 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
     assert (o.state, o.reason) == ("held", "auth_required")
     assert sends == [1]  # the admins' mail was held too, and its event not handled again
     assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "address", "shown"),
+    [
+        # NFD as typed on macOS, NFC on the wire and in the server's quote
+        ("550 5.1.1 <jürgen@example.org>: unknown", "ju\u0308rgen@example.org",
+         "550 5.1.1 <j***@example.org>: unknown"),
+        # a Unicode domain quoted as its A-label, and the other way round
+        ("550 <x@xn--strae-oqa.de>: no", "x@straße.de", "550 <x***@straße.de>: no"),
+        ("550 <x@straße.de>: no", "x@xn--strae-oqa.de", "550 <x***@xn--strae-oqa.de>: no"),
+        # the local part echoed alone; a generic one is left readable
+        ("550 Mailbox ann.smith does not exist", "ann.smith@example.org",
+         "550 Mailbox *** does not exist"),
+        ("550 User unknown", "user@example.org", "550 User unknown"),
+        # a regex metacharacter in the address, and a trailing full stop
+        ("550 a+b@example.org.", "a+b@example.org", "550 a***@example.org."),
+    ],
+)  # fmt: skip
+def test_the_reply_text_masks_every_spelling_of_the_recipient(
+    text: str, address: str, shown: str
+) -> None:
+    from mailpolicy._events import shown_text
+
+    assert shown_text(text, address, "mask") == shown

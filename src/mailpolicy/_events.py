@@ -13,12 +13,12 @@ import hashlib
 import logging
 import re
 import threading
+import unicodedata
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
 
-from ._address import a_label
 from ._store import normalise_address
 
 if TYPE_CHECKING:
@@ -122,21 +122,46 @@ def delivery(state: str, **fields: Any) -> None:
 MAX_EVENT_TEXT: Final = 300
 
 
+#: An address as servers quote it (inside <>, after "TO:", in prose): what is between
+#: separators on both sides of an "@".
+_ADDRESS_TOKEN: Final = re.compile(r"[^\s<>()\[\]{}\"'`,;:]+@[^\s<>()\[\]{}\"'`,;:]+")
+#: Local parts too common to be anyone's: an echo of one alone stays readable.
+_GENERIC_LOCAL_PARTS: Final = frozenset(
+    {"user", "mail", "info", "admin", "support", "contact", "sales", "office", "postmaster",
+     "webmaster", "noreply", "hello", "test", "unknown", "mailbox", "recipient", "address"}
+)  # fmt: skip
+
+
+def _mailbox_key(address: str) -> str:
+    """One form for every spelling of a mailbox: NFC, case-folded, the domain as its
+    A-label, no trailing dot (a server may quote what it got in another form)."""
+    key = normalise_address(unicodedata.normalize("NFC", address.rstrip(".")))
+    return unicodedata.normalize("NFC", key).casefold()
+
+
 def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     """The deciding reply for an event: one line, at most :data:`MAX_EVENT_TEXT`
     characters, the recipient's address in it shown as the event shows the recipient
-    ("550 5.1.1 <b***@example.org>: User unknown")."""
+    ("550 5.1.1 <b***@example.org>: User unknown"), whatever the spelling the server
+    quoted (case, Unicode normal form, Unicode or A-label domain), and an echo of its
+    local part alone ("mailbox ann.smith does not exist") masked too."""
     line = " ".join(text.split())
     if style == "full" or "@" not in address:
         return line[:MAX_EVENT_TEXT]
-    local, _, domain = address.rpartition("@")
-    spellings = {address}
-    with suppress(Exception):  # the wire form of a Unicode domain, as servers quote it
-        spellings.add(f"{local}@{a_label(domain)}")
+    wanted = _mailbox_key(address)
     shown = show_recipient(address, style)
-    for spelling in spellings:
-        if spelling.lower() in line.lower():
-            line = re.sub(re.escape(spelling), shown, line, flags=re.IGNORECASE)
+
+    def mask(m: re.Match[str]) -> str:
+        token = m.group()
+        core = token.rstrip(".")
+        return shown + token[len(core) :] if _mailbox_key(core) == wanted else token
+
+    if "@" in line:
+        line = _ADDRESS_TOKEN.sub(mask, line)
+    local = unicodedata.normalize("NFC", address.rpartition("@")[0])
+    if len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS:
+        alone = re.compile(rf"(?<![\w.@-]){re.escape(local)}(?![\w@-])", re.IGNORECASE)
+        line = alone.sub("***", unicodedata.normalize("NFC", line))
     return line[:MAX_EVENT_TEXT]
 
 
