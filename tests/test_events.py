@@ -135,6 +135,10 @@ from mailpolicy import Sender
 from mailpolicy.testing import SMTPTestServer
 if sys.argv[1] == "info":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+if sys.argv[1] == "after-capture":  # capture_logs() leaves is_configured() True
+    import structlog.testing
+    with structlog.testing.capture_logs():
+        pass
 with SMTPTestServer() as server:
     server.script.rcpt("bob@example.org", "550 5.1.1 <bob@example.org>: User unknown")
     m = EmailMessage()
@@ -146,7 +150,7 @@ print("program output")
 """
 
 
-@pytest.mark.parametrize("logging_config", ["none", "info"])
+@pytest.mark.parametrize("logging_config", ["none", "info", "after-capture"])
 def test_without_structlog_configured_events_go_to_standard_logging(logging_config: str) -> None:
     """structlog's own default printed every event, debug ones included, to stdout, mixed
     into the program's output (operator walkthrough review). Unconfigured, events go to

@@ -86,8 +86,27 @@ _STDLIB: Final = structlog.wrap_logger(
 )
 
 
+def _structlog_configured() -> bool:
+    """Whether the application configured structlog: ``is_configured()``, unless the
+    configuration is structlog's built-in default again (``capture_logs()`` leaves
+    ``is_configured()`` True for good after putting the defaults back)."""
+    if not structlog.is_configured():
+        return False
+    try:
+        from structlog import _config as builtin  # noqa: PLC0415 - private, hence guarded
+
+        config = structlog.get_config()
+        return not (
+            config["logger_factory"] is builtin._BUILTIN_DEFAULT_LOGGER_FACTORY
+            and config["wrapper_class"] is builtin._BUILTIN_DEFAULT_WRAPPER_CLASS
+            and config["processors"] == list(builtin._BUILTIN_DEFAULT_PROCESSORS)
+        )
+    except (ImportError, AttributeError, KeyError):  # another structlog: trust the flag
+        return True
+
+
 def _logger() -> Any:
-    return _LOGGER if structlog.is_configured() else _STDLIB
+    return _LOGGER if _structlog_configured() else _STDLIB
 
 
 _EMITTING: Final = threading.local()
@@ -261,3 +280,9 @@ def suppression_failed(**fields: Any) -> None:
     """``send()`` could not add a dead address to the suppression list (the store stayed
     locked); the delivery and any deferral were recorded."""
     _log("warning", "mail.suppression_failed", **fields)
+
+
+def signal_error(**fields: Any) -> None:
+    """A receiver of one of the integration's delivery signals raised; the send is not
+    affected."""
+    _log("error", "mail.signal_error", **fields)

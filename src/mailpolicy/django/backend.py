@@ -24,7 +24,6 @@ from email.message import Message
 from typing import TYPE_CHECKING, Any, Final
 
 import django
-import structlog
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.core.mail.backends import smtp
@@ -32,6 +31,7 @@ from django.core.mail.message import sanitize_address
 from django.core.mail.utils import DNS_NAME
 from django.utils.functional import cached_property
 
+from .. import _events as events
 from .._classify import classify_error
 from .._errors import ConfigurationError
 from .._message import split_addresses
@@ -48,7 +48,6 @@ from .errors import STORE_SETTING, DeliveryIncomplete, ImproperlyConfiguredError
 #: envelope addresses with ``prep_address()``; 5.2 uses ``sanitize_address()``.
 _MODERN: Final = django.VERSION >= (6, 1)
 
-_log = structlog.get_logger("mailpolicy")
 #: Bound at import: tests patch ``smtplib.SMTP`` with a mock.
 _SMTP: Final = smtplib.SMTP
 
@@ -423,8 +422,7 @@ class EmailBackend(smtp.EmailBackend):
             )
             for receiver, result in results:
                 if isinstance(result, Exception):
-                    _log.error(
-                        "mail.signal_error",
+                    events.signal_error(
                         signal=outcome.state,
                         receiver=getattr(receiver, "__qualname__", repr(receiver)),
                         message_id=report.message_id,
