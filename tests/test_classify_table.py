@@ -458,6 +458,12 @@ def test_multiline_uses_the_first_line_code_and_all_text() -> None:
     # The same reply as smtplib hands it over: the codes stripped, the statuses kept.
     read = "450 " + "\n".join(line[4:] for line in gmail.split("\r\n"))
     assert classify(read, stage="rcpt").rule == "google.recipient-rate-limit"
+    # Flattened onto one line, as a DSN's Diagnostic-Code or Postfix's "said:" quotes it,
+    # from Google's own MX too (its host-keyed rule used to take it as relay-wide).
+    flat = " ".join(gmail.split("\r\n"))
+    for quoted in (f"smtp; {flat}", f"host gmail-smtp-in.l.google.com[192.0.2.1] said: {flat}"):
+        v = classify(quoted, stage="rcpt")
+        assert (v.rule, v.scope) == ("google.recipient-rate-limit", "recipient"), quoted
     # Only the first line's code is a continuation prefix; "qmail" style \n alone too.
     v = classify("550-5.1.1 The email account that you tried to reach does\n550 5.1.1 not exist.")
     assert (v.reason, v.rule) == ("mailbox_unknown", "google.no-such-account")

@@ -247,6 +247,18 @@ def _continuation_prefixes_removed(lowered: str, code: str, status: str | None) 
     return _CONTINUATION.sub(strip, lowered)
 
 
+def _repeats_removed(lowered: str, code: int | None, status: str) -> str:
+    """``lowered`` with every occurrence but the first of ``status`` (and the ``code``
+    written before it) replaced by a space."""
+    prefix = "" if code is None else f"(?:{code}[ -]+)?"
+    pattern = re.compile(rf"(?<![\w.]){prefix}#?{re.escape(status)}(?![\w.])")
+    first = pattern.search(lowered)
+    if first is None:
+        return lowered
+    end = first.end()
+    return lowered[:end] + pattern.sub(" ", lowered[end:])
+
+
 def parse_reply(
     reply: str | bytes | bytearray | memoryview, *, want_stage: bool = True
 ) -> ParsedReply:
@@ -303,6 +315,12 @@ def parse_reply(
             code, status, _ = later
     if status is None:
         status = _find_status(text)
+
+    if status is not None and lowered.count(status) > 1:
+        # The same reply flattened onto one line (a DSN's Diagnostic-Code, Postfix's
+        # "said: 450-4.2.1 ... 450-4.2.1 ..."): the repeated status, with its code,
+        # interrupts phrases that run across the original lines. Only the first stays.
+        lowered = _repeats_removed(lowered, code, status)
 
     stage: Stage | None = None
     if want_stage:
