@@ -236,6 +236,7 @@ def test_cli_outbox_and_suppression_round_trip(tmp_path: Path) -> None:
     assert again.returncode == 0
     assert "replaced the entry for bob@example.org (mailbox_unknown, permanent)" in again.stderr
     assert "(until " in again.stdout
+    assert f"in {tmp_path / 'cli.sqlite3'}" in again.stdout  # which store, absolute
     bad_address = run("suppression", "add", "x y", "--store", url)
     assert bad_address.returncode == 1
     assert "is not an address" in bad_address.stderr

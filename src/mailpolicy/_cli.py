@@ -479,7 +479,8 @@ def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:
                     file=sys.stderr,
                 )
             until = None if args.ttl is None else now + args.ttl
-            out.write(f"suppressed {args.address} ({_expiry(until)})\n")
+            where = _store_file(args.store)  # a relative URL may name a new file: say which
+            out.write(f"suppressed {args.address} ({_expiry(until)}) in {where or ':memory:'}\n")
         elif args.suppression_command == "remove":
             removed = store.remove_suppression(args.address)
             out.write(f"{'removed' if removed else 'not on the list:'} {args.address}\n")
