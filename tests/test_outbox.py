@@ -850,19 +850,26 @@ def test_a_refused_password_costs_one_auth_per_hold_not_one_per_message(
         for i in range(20):
             sender.send(message(f"u{i}@example.org"))
     store.retry_now(now=clock.time())
-    worker = Worker(
-        store, server.host, server.port, security="none", username="app",
-        password="wrong",  # noqa: S106 - a test credential
-        allow_insecure_auth=True, clock=clock.time, monotonic=clock.now, sleep=clock.sleep,
-        relays=RelayRegistry(),
-    )  # fmt: skip
+    relays = RelayRegistry()  # one process: its worker threads share the relay's state
+
+    def make() -> Worker:
+        return Worker(
+            store, server.host, server.port, security="none", username="app",
+            password="wrong",  # noqa: S106 - a test credential
+            allow_insecure_auth=True, clock=clock.time, monotonic=clock.now,
+            sleep=clock.sleep, relays=relays,
+        )  # fmt: skip
+
+    worker, other_thread = make(), make()
     with structlog.testing.capture_logs() as logs:
         stats = worker.run_once()
+        store.retry_now(now=clock.time())  # even with everything made due again
+        other_thread.run_once()  # --concurrency: another thread's worker waits too
     assert [a.success for a in server.auth_attempts] == [False]
     assert (stats.held, stats.deferred) == (1, 0)
     counts = store.counts(now=clock.time())
-    assert (counts["held"], counts["deferred"], counts["due"]) == (1, 19, 0)
-    (held,) = [e for e in logs if e["event"] == "mail.worker.relay_held"]
+    assert (counts["held"] + counts["deferred"], counts["due"]) == (20, 0)  # all waiting
+    (held,) = [e for e in logs if e["event"] == "mail.worker.relay_held"]  # once
     assert (held["reason"], held["log_level"]) == ("auth_failed", "error")
     clock.advance(3601)  # the hold is over: one more AUTH, one more hold
     worker.run_once()

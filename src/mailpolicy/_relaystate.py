@@ -59,6 +59,9 @@ class RelayState:
         self._opened_at: float | None = None
         self._probe_started: float | None = None
         self._paused_until = 0.0
+        # Per username (None: no AUTH): until when (wall clock) the relay refused that
+        # configuration (credentials, TLS) and no worker should try it again.
+        self._held_until: dict[str | None, float] = {}
 
     # --- budget ------------------------------------------------------------------------
 
@@ -115,6 +118,21 @@ class RelayState:
         """Seconds left of a throttle pause (0 when not paused)."""
         with self._lock:
             return max(0.0, self._paused_until - now)
+
+    def hold(self, username: str | None, until: float) -> bool:
+        """No worker of this process tries the relay with ``username`` before ``until``
+        (wall-clock seconds): it refused our credentials or TLS. True when this extends
+        the hold (the caller reports it once)."""
+        with self._lock:
+            if until <= self._held_until.get(username, 0.0):
+                return False
+            self._held_until[username] = until
+            return True
+
+    def held_until(self, username: str | None) -> float:
+        """Until when the relay is held for ``username`` (0.0: not held)."""
+        with self._lock:
+            return self._held_until.get(username, 0.0)
 
     def allow_attempt(self, circuit: CircuitSettings, *, now: float) -> bool:
         """Whether to connect now. Never during a throttle pause; while the circuit is

@@ -33,7 +33,7 @@ from ._message import PreparedMessage, wire_bytes
 from ._outcome import RecipientOutcome
 from ._policy import Policy
 from ._policy_load import load_policy
-from ._relaystate import RELAYS, RelayRegistry
+from ._relaystate import RELAYS, RelayRegistry, RelayState
 from ._sender import Sender, _Pending
 from ._session import Security
 from ._store import (
@@ -244,8 +244,6 @@ class Worker:
         )
         self.stop_requested = threading.Event()
         self.stats = WorkerStats()
-        # Until when the relay refused our own configuration (credentials, TLS).
-        self._relay_held_until: float | None = None
         # Messages are sent through the relay they were saved with: a worker claims only
         # its own relay's, unless all_relays (the relay's credentials, SPF/DKIM alignment
         # and quotas belong to it).
@@ -277,12 +275,13 @@ class Worker:
             sender.close()
         self._senders.clear()
 
-    def _hold_relay(self, outcome: RecipientOutcome, until: float, server: str) -> None:
-        if self._relay_held_until is None or until > self._relay_held_until:
-            self._relay_held_until = until
+    def _hold_relay(
+        self, outcome: RecipientOutcome, until: float, sender: Sender, relay: RelayState
+    ) -> None:
+        if relay.hold(sender.settings.username, until):
             events.worker_relay_held(
                 worker=self.owner,
-                server=server,
+                server=sender.relay,
                 reason=outcome.reason,
                 code=outcome.code,
                 until=until,
@@ -376,11 +375,13 @@ class Worker:
         sender = self._sender_for(claim.message.policy)
         policy = sender.policy
         relay = sender._relays.get(sender.settings.host, sender.settings.port)
-        if self._relay_held_until is not None and self._clock() < self._relay_held_until:
+        held_until = relay.held_until(sender.settings.username)
+        if self._clock() < held_until:
             # The relay refused our credentials or TLS: each attempt would be one more
-            # failed AUTH against the account's lockout limit. Wait for the hold to end.
+            # failed AUTH against the account's lockout limit (shared by this process's
+            # worker threads). Wait for the hold to end.
             self.stats.circuit_waits += 1
-            self.store.release(claim, now=self._clock(), next_attempt_at=self._relay_held_until)
+            self.store.release(claim, now=self._clock(), next_attempt_at=held_until)
             return
         now_m = sender._monotonic()
         if not relay.allow_attempt(policy.circuit, now=now_m):
@@ -475,7 +476,7 @@ class Worker:
             finished.append((p.wire, outcome))
             self.stats.count(outcome.state)
             if outcome.state == "held" and outcome.reason in _OUR_CONFIGURATION:
-                self._hold_relay(outcome, now + policy.queue.hold_for, sender.relay)
+                self._hold_relay(outcome, now + policy.queue.hold_for, sender, relay)
             updates.append(_update(stored.key, outcome, attempted_at=now))
             events.outcome(
                 replace(outcome, persisted=outcome.state in ("deferred", "held")),
