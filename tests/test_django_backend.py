@@ -249,6 +249,26 @@ def test_unicode_domains_go_on_the_wire_as_idna_2008(site: SMTPTestServer) -> No
     assert report_of(m).all_delivered
 
 
+@pytest.mark.skipif(django.VERSION >= (6, 1), reason="6.1 writes headers with the email package")
+def test_unicode_domains_in_the_headers_are_idna_2008_too(site: SMTPTestServer) -> None:
+    """Django 5.2 wrote To/Reply-To/From with IDNA 2003 as well: the envelope went to
+    faß.example, a reply to fass.example (diff review). The headers follow the envelope;
+    a display name stays an encoded-word of the original."""
+    m = message(
+        "ann@faß.example",
+        cc=["plain@example.org"],
+        reply_to=["Støtte <help@straße.example>"],
+        from_email="Büro <office@bücher.example>",
+    )
+    assert m.send() == 1
+    parsed = site.messages[0].parsed()
+    assert str(parsed["To"]) == "ann@xn--fa-hia.example"
+    assert str(parsed["Cc"]) == "plain@example.org"
+    assert str(parsed["Reply-To"]) == "Støtte <help@xn--strae-oqa.example>"
+    assert str(parsed["From"]) == "Büro <office@xn--bcher-kva.example>"
+    assert site.messages[0].mail_from == "office@xn--bcher-kva.example"
+
+
 @pytest.mark.skipif(django.VERSION >= (6, 1), reason="6.1 raises ValueError, as Django does")
 def test_a_unicode_local_part_is_sent_as_written_with_smtputf8(site: SMTPTestServer) -> None:
     """Django 5.2's envelope wrote "jürgen@x" as "=?utf-8?q?j=C3=BCrgen?=@x", a mailbox

@@ -56,6 +56,10 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         envelope = self.get_smtp_envelopes()[0]
         assert envelope["mail_from"] == "lists@xn--discusso-xza.example.org"
         assert envelope["rcpt_tos"] == ["to@xn--fa-hia.example", "cc@xn--nxasmm1c.example"]
+        # ... and the headers say the same (Django writes them with IDNA 2003 as well).
+        message = self.get_the_message()
+        assert message["To"] == "to@xn--fa-hia.example, cc@xn--nxasmm1c.example"
+        assert message["From"] == "lists@xn--discusso-xza.example.org"
 
 
 for _name in EXCEPTIONS:

@@ -16,7 +16,9 @@ Django does (once, no retries) and hands the smtplib object to a
 
 from __future__ import annotations
 
+import email.header
 import email.policy
+import email.utils
 import smtplib
 import ssl
 from collections.abc import Iterable
@@ -24,6 +26,7 @@ from email.message import Message
 from typing import TYPE_CHECKING, Any, Final
 
 import django
+import idna
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.core.mail.backends import smtp
@@ -32,6 +35,7 @@ from django.core.mail.utils import DNS_NAME
 from django.utils.functional import cached_property
 
 from .. import _events as events
+from .._address import a_label
 from .._classify import classify_error
 from .._errors import ConfigurationError
 from .._message import split_addresses
@@ -59,6 +63,48 @@ def _addr_spec(address: str | tuple[str, str]) -> str:
         return address[1]
     found = split_addresses(address)
     return found[0] if len(found) == 1 else address
+
+
+#: The address headers Django 5.2 writes from an EmailMessage's fields (or their
+#: ``extra_headers`` overrides).
+_FIELD_HEADERS: Final = (
+    ("From", "from_email"),
+    ("To", "to"),
+    ("Cc", "cc"),
+    ("Reply-To", "reply_to"),
+)
+
+
+def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> None:
+    """Django (5.2 and 6.1) writes a Unicode domain in the address headers with IDNA 2003,
+    as in the envelope (``To: ann@fass.example`` for ``ann@faß.example``: a reply would go to
+    another domain). Each such header is written again from the message's own value,
+    the domains as IDNA 2008 A-labels (the Sender's envelope form) and display names
+    as encoded-words. An address with a non-ASCII local part, or one that does not
+    parse, leaves Django's header as it is."""
+    encoding = email_message.encoding or settings.DEFAULT_CHARSET
+    for header, attribute in _FIELD_HEADERS:
+        value = getattr(email_message, attribute)
+        if not isinstance(value, str):
+            value = ", ".join(str(v) for v in value) if value else ""
+        value = str(email_message.extra_headers.get(header, value))
+        if not value or value.isascii() or header not in built:
+            continue
+        rendered = []
+        for name, addr in email.utils.getaddresses([value]):
+            local, at, domain = addr.rpartition("@")
+            if not at or not local or not local.isascii():
+                break
+            try:
+                wire = f"{local}@{a_label(domain)}"
+            except idna.IDNAError:
+                break
+            shown = name if name.isascii() else email.header.Header(name, encoding).encode()
+            rendered.append(email.utils.formataddr((shown, wire)))
+        else:
+            del built[header]
+            # Message's own __setitem__: Django's SafeMIME one would convert it again.
+            Message.__setitem__(built, header, ", ".join(rendered))
 
 
 def _with_crlf_as_bytes(message: Message) -> Message:
@@ -378,8 +424,10 @@ class EmailBackend(smtp.EmailBackend):
     def _serialisable(self, email_message: EmailMessage) -> Message:
         if _MODERN:
             built: Message = email_message.message(policy=email.policy.SMTP)  # type: ignore[call-arg, unused-ignore]  # 6.1 only; stubs are 5.2's
+            _idna2008_address_headers(email_message, built)
             return built
         built = email_message.message()
+        _idna2008_address_headers(email_message, built)
         return _with_crlf_as_bytes(built)
 
     def _sender(self, policy: Policy) -> Sender:
