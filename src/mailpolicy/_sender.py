@@ -494,17 +494,17 @@ class Sender:
                     outcomes[recipient] = replace(o, persisted=True)
         for o in outcomes.values():
             try:
-                self._store_write(
-                    self._suppress_if_dead, store, wires.get(o.recipient, o.recipient), o, now
+                self._suppress_if_dead(
+                    store, wires.get(o.recipient, o.recipient), o, now, write=self._store_write
                 )
             except StoreError as exc:
                 events.suppression_failed(message_id=prepared.message_id, error=str(exc))
 
-    def _store_write(self, write: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    def _store_write(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``write`` with a few tries while the database stays locked (StoreBusyError):
         waits of 0.5, 1 and 2 s on the injected sleep, each try itself waiting up to the
         store's busy timeout."""
-        Retrying(
+        return Retrying(
             retry=retry_if_exception_type(StoreBusyError),
             stop=stop_after_attempt(STORE_WRITE_ATTEMPTS),
             wait=wait_exponential(multiplier=0.5, max=2),
@@ -517,7 +517,13 @@ class Sender:
         return self.policy.suppression_for(address.rpartition("@")[2])
 
     def _suppress_if_dead(
-        self, store: Store, address: str, o: RecipientOutcome, now: float
+        self,
+        store: Store,
+        address: str,
+        o: RecipientOutcome,
+        now: float,
+        *,
+        write: Callable[..., Any] = lambda call, *a, **k: call(*a, **k),
     ) -> None:
         """Add ``address`` to the suppression list when the policy suppressed it, or when
         this soft bounce is the policy's ``soft_bounce_limit``-th within
@@ -542,13 +548,16 @@ class Sender:
             )
             if not soft or suppression.soft_bounce_limit <= 0:
                 return
-            count = store.record_soft_bounce(
-                address, now=now, window=suppression.soft_bounce_window
+            # Each write on its own through ``write`` (a retry on a locked store): retrying
+            # both together would count this soft bounce twice.
+            count = write(
+                store.record_soft_bounce, address, now=now, window=suppression.soft_bounce_window
             )
             if count < suppression.soft_bounce_limit:
                 return
             text = f"{count} soft bounces within the policy's window; last: {o.text}"
-        store.add_suppression(
+        write(
+            store.add_suppression,
             address,
             reason=o.reason,
             now=now,

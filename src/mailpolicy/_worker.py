@@ -513,7 +513,7 @@ class Worker:
         # never a second copy to a recipient who accepted the message.
         for wire, outcome in finished:
             try:
-                recording(sender._suppress_if_dead, self.store, wire, outcome, now)
+                sender._suppress_if_dead(self.store, wire, outcome, now, write=recording)
             except StoreError as exc:
                 events.worker_suppression_failed(
                     message_id=claim.message.message_id, worker=self.owner, error=str(exc)
