@@ -45,7 +45,7 @@ from ._session import (
     StageError,
 )
 from ._store import Attempt, NewRecipient, Store, StoreBusyError, StoreError, open_store
-from ._vocab import DEAD_ADDRESS_REASONS, Reason, as_reason
+from ._vocab import DEAD_ADDRESS_REASONS, Kind, Reason, Scope, Stage, as_reason
 
 #: Tries at a store write while the database stays locked, inside send().
 STORE_WRITE_ATTEMPTS: Final = 3
@@ -85,30 +85,33 @@ _RETRY: Final = Decision(action="retry", rule="inline", retry=True, suppress=Fal
 _DONE: Final = Decision(action="deliver", rule="done", retry=False, suppress=False)
 #: ... or none was, and nothing asks for an inline retry: not a success for the relay.
 _STOP: Final = Decision(action="defer", rule="done", retry=False, suppress=False)
+
+
+def _no_reply(
+    kind: Kind, reason: Reason, rule: str, *, scope: Scope, stage: Stage | None
+) -> Verdict:
+    """A verdict the Sender makes itself, with no reply behind it (no code, no status):
+    a paused relay, an open circuit, a recipient not tried, an extension not offered."""
+    return Verdict(
+        code=None,
+        status=None,
+        kind=kind,
+        reason=reason,
+        retry=kind == "transient",
+        suppress=False,
+        scope=scope,
+        retry_after=None,
+        rule=rule,
+        stage=stage,
+    )
+
+
 #: What a recipient not tried because a throttle paused the relay is told.
-_RELAY_PAUSED: Final = Verdict(
-    code=None,
-    status=None,
-    kind="transient",
-    reason="rate_limited",
-    retry=True,
-    suppress=False,
-    scope="relay",
-    retry_after=None,
-    rule="relay.paused",
-    stage=None,
+_RELAY_PAUSED: Final = _no_reply(
+    "transient", "rate_limited", "relay.paused", scope="relay", stage=None
 )
-_CIRCUIT_OPEN: Final = Verdict(
-    code=None,
-    status=None,
-    kind="transient",
-    reason="network_error",
-    retry=True,
-    suppress=False,
-    scope="relay",
-    retry_after=None,
-    rule="circuit.open",
-    stage="connect",
+_CIRCUIT_OPEN: Final = _no_reply(
+    "transient", "network_error", "circuit.open", scope="relay", stage="connect"
 )
 
 
@@ -814,18 +817,7 @@ class Sender:
     def _not_tried(self, batch: list[_Pending], *, rule: str, text: str) -> None:
         """Recipients this attempt stopped before trying: deferred on the queue's
         schedule, a transient local verdict (no reply: nothing was sent for them)."""
-        verdict = Verdict(
-            code=None,
-            status=None,
-            kind="transient",
-            reason="system_error",
-            retry=True,
-            suppress=False,
-            scope="message",
-            retry_after=None,
-            rule=rule,
-            stage=None,
-        )
+        verdict = _no_reply("transient", "system_error", rule, scope="message", stage=None)
         for p in batch:
             p.verdict, p.text = verdict, text
             p.decision = Decision(action="defer", rule=rule, retry=True, suppress=False)
@@ -833,18 +825,7 @@ class Sender:
     def _local_failure(self, batch: list[_Pending], *, rule: str, text: str) -> None:
         """The server lacks an extension the message needs: bounced before MAIL, with
         nothing sent (a permanent protocol mismatch, not the recipients' fault)."""
-        verdict = Verdict(
-            code=None,
-            status=None,
-            kind="permanent",
-            reason="protocol_error",
-            retry=False,
-            suppress=False,
-            scope="message",
-            retry_after=None,
-            rule=rule,
-            stage="mail",
-        )
+        verdict = _no_reply("permanent", "protocol_error", rule, scope="message", stage="mail")
         decision_rule = rule.removeprefix("local.").removesuffix("-not-offered")
         for p in batch:
             p.verdict, p.text = verdict, text
