@@ -718,13 +718,18 @@ with open_store(url) as store:
 """
 
 
-def test_ctrl_c_on_the_python_worker_records_the_message_in_hand(
-    smtp_server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path
-) -> None:
-    """Worker.run_forever() from Python, interrupted while the server answers the final
-    dot: it used to die with KeyboardInterrupt at once, the accepted message unrecorded
-    and sent again after the lease (concurrency review). The KeyboardInterrupt now comes
-    once the message in hand is recorded."""
+def _interrupt_a_worker_child(
+    smtp_server: SMTPTestServer,
+    store: Store,
+    clock: FakeClock,
+    tmp_path: Path,
+    *,
+    script: str,
+    signum: int,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (a worker from Python, in a child process) on one deferred message
+    whose final dot the server answers after a second, and send it ``signum`` while it
+    waits for that reply."""
     from mailpolicy.testing import Delay
 
     _deferred(smtp_server, store, clock, "u0@example.org")
@@ -732,19 +737,30 @@ def test_ctrl_c_on_the_python_worker_records_the_message_in_hand(
     smtp_server.reset()
     smtp_server.script.end_of_data(Delay(1.0, "250 2.0.0 queued"))
     url = f"sqlite:///{tmp_path / 'mail.sqlite3'}"
-    child = subprocess.Popen(
-        [sys.executable, "-c", _API_WORKER, url, smtp_server.host, str(smtp_server.port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    args = [sys.executable, "-c", script, url, smtp_server.host, str(smtp_server.port)]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not any(e.stage == "data" for e in smtp_server.transcript):
         assert time.monotonic() < deadline, "the worker never reached DATA"
         time.sleep(0.01)
     time.sleep(0.3)  # it now waits for the reply to the final dot
-    child.send_signal(signal.SIGINT)
+    child.send_signal(signum)
     out, err = child.communicate(timeout=30)
-    assert child.returncode == 0, err
-    assert out.strip() == "interrupted after 1"
+    return subprocess.CompletedProcess(args, child.returncode, out, err)
+
+
+def test_ctrl_c_on_the_python_worker_records_the_message_in_hand(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Worker.run_forever() from Python, interrupted while the server answers the final
+    dot: it used to die with KeyboardInterrupt at once, the accepted message unrecorded
+    and sent again after the lease (concurrency review). The KeyboardInterrupt now comes
+    once the message in hand is recorded."""
+    done = _interrupt_a_worker_child(
+        smtp_server, store, clock, tmp_path, script=_API_WORKER, signum=signal.SIGINT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "interrupted after 1"
     counts = store.counts(now=time.time())
     assert (counts["delivered"], counts["deferred"], counts["leased"]) == (1, 0, 0)
     assert smtp_server.delivered_to("u0@example.org") == 1
@@ -756,29 +772,14 @@ def test_a_signal_to_a_run_once_loop_is_raised_again_after_the_message_in_hand(
     """An application calling run_once() in its own loop: SIGTERM waits for the message
     in hand, then terminates the process as it would have (it was swallowed, leaving a
     process that ran on and delivered nothing more: diff review)."""
-    from mailpolicy.testing import Delay
-
-    _deferred(smtp_server, store, clock, "u0@example.org")
-    store.retry_now(now=time.time())
-    smtp_server.reset()
-    smtp_server.script.end_of_data(Delay(1.0, "250 2.0.0 queued"))
-    url = f"sqlite:///{tmp_path / 'mail.sqlite3'}"
     loop = _API_WORKER.replace(
         "worker.run_forever(poll=0.05)",
         "while True:\n            worker.run_once()\n            import time; time.sleep(0.05)",
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", loop, url, smtp_server.host, str(smtp_server.port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not any(e.stage == "data" for e in smtp_server.transcript):
-        assert time.monotonic() < deadline, "the worker never reached DATA"
-        time.sleep(0.01)
-    time.sleep(0.3)
-    child.send_signal(signal.SIGTERM)
-    child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGTERM  # terminated, as SIGTERM does
+    done = _interrupt_a_worker_child(
+        smtp_server, store, clock, tmp_path, script=loop, signum=signal.SIGTERM
+    )
+    assert done.returncode == -signal.SIGTERM  # terminated, as SIGTERM does
     counts = store.counts(now=time.time())
     assert (counts["delivered"], counts["leased"]) == (1, 0)  # but after recording
 
