@@ -411,6 +411,43 @@ def test_outbox_show_tells_what_happened_to_one_message(
     assert "bob@example.org bounced mailbox_unknown" in listed.stdout
 
 
+def test_a_later_bounce_message_is_recorded_in_the_outbox(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """The relay accepted ann (the store says delivered), then mailed back a DSN: 5.1.1.
+    DSN intake records it on the stored recipient (journal and state), so `outbox show`
+    no longer says "delivered" for her (operator walkthrough review)."""
+    from mailpolicy import intake_dsn, parse_dsn
+
+    smtp_server.script.rcpt("bob@example.org", "450 4.2.0 Greylisted")
+    with make_sender(smtp_server, store, clock, RelayRegistry()) as sender:
+        report = sender.send(message("ann@example.org", "bob@example.org"))
+    dsn = (
+        "From: MAILER-DAEMON@relay.example\nMIME-Version: 1.0\n"
+        "Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+        "--B\nContent-Type: text/plain\n\nUndeliverable.\n\n"
+        "--B\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; relay.example\n\n"
+        "Final-Recipient: rfc822; Ann@Example.org\nAction: failed\nStatus: 5.1.1\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 <ann@example.org>: User unknown\n\n"
+        "--B\nContent-Type: text/rfc822-headers\n\n"
+        f"Message-ID: {report.message_id}\nSubject: Test\n\n--B--\n"
+    )
+    (verdict,) = intake_dsn(parse_dsn(dsn.encode()), store=store, now=clock.time())
+    assert (verdict.suppression, verdict.recorded) == ("added", True)
+    states = {r.recipient: (r.state, r.reason) for r in store.list_recipients()}
+    assert states == {
+        "ann@example.org": ("bounced", "mailbox_unknown"),
+        "bob@example.org": ("deferred", "greylisted"),
+    }
+    ann = [a for a in store.journal(message_id=report.message_id)
+           if a.recipient == "ann@example.org"]  # fmt: skip
+    assert [a.state for a in ann] == ["delivered", "bounced"]
+    assert ann[-1].text == "bounce message: 550 5.1.1 <ann@example.org>: User unknown"
+    unknown = parse_dsn(dsn.replace(report.message_id, "<other@x>").encode())
+    (other,) = intake_dsn(unknown, store=store, now=clock.time())
+    assert other.recorded is False  # not a message of this outbox
+
+
 def test_soft_bounces_escalate_to_suppression(
     smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
 ) -> None:

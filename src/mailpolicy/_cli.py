@@ -528,7 +528,11 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
                 else:
                     flag = _INTAKE_FLAGS[v.suppression]
                     about = report.original_message_id
-                    of = f" (message {about})" if about else ""
+                    of = (
+                        f" (message {about}{', outbox updated' if v.recorded else ''})"
+                        if about
+                        else ""
+                    )
                     out.write(
                         f"{name}: {v.recipient} {v.dsn_action} {v.verdict.reason}{flag}{of}\n"
                     )

@@ -41,7 +41,7 @@ from ._errors import InvalidInputError, MailPolicyError
 from ._policy import Decision, Policy
 from ._reply import MAX_SCAN, ParsedReply, parse_reply
 from ._rules import RuleSet
-from ._store import normalise_address
+from ._store import Attempt, normalise_address
 from ._vocab import Kind, Reason, Stage
 
 if TYPE_CHECKING:
@@ -222,7 +222,8 @@ class DsnVerdict:
     :func:`intake_dsn` did about ``suppress``: ``"added"`` to the list, ``"already"`` (the
     address was on it: its entry is left as it was), ``"no store"`` (nothing to write
     to), ``"disabled"`` (the policy's suppression is off), or ``""`` (nothing to do, or
-    not taken in).
+    not taken in). ``recorded`` says :func:`intake_dsn` found the message and recipient
+    in the outbox and recorded the bounce there (its journal, state ``bounced``).
     """
 
     recipient: str
@@ -233,6 +234,7 @@ class DsnVerdict:
     suppress: bool
     dsn: DsnRecipient = field(repr=False)
     suppression: DsnIntake = ""
+    recorded: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping: the fields, the verdict and decision as mappings."""
@@ -242,6 +244,7 @@ class DsnVerdict:
             "state": self.state,
             "suppress": self.suppress,
             "suppression": self.suppression,
+            "recorded": self.recorded,
             "verdict": self.verdict.to_dict(),
             "decision": self.decision.to_dict(),
             "dsn": self.dsn.to_dict(),
@@ -867,6 +870,22 @@ def _take_in(
     return "added"
 
 
+def _bounce_attempt(judged: DsnVerdict, at: float) -> Attempt:
+    """A DSN's failure as a journal entry (no SMTP attempt of ours: rule ``dsn.*``)."""
+    verdict = judged.verdict
+    return Attempt(
+        at=at,
+        state="bounced",
+        reason=verdict.reason,
+        code=verdict.code,
+        status=verdict.status,
+        text="bounce message: " + (judged.dsn.diagnostic_code or judged.dsn_action),
+        rule=verdict.rule,
+        action=judged.decision.action,
+        ambiguous=False,
+    )
+
+
 def intake_dsn(
     report: DeliveryStatusReport,
     *,
@@ -885,7 +904,14 @@ def intake_dsn(
     added: set[str] = set()  # an address listed twice in one report is suppressed once
     for judged in judge_dsn(report, policy=policy):
         done = _take_in(judged, store, policy, when, added) if judged.suppress else ""
-        v = replace(judged, suppression=done)
+        recorded = False
+        if store is not None and judged.state == "bounced" and report.original_message_id:
+            # The outbox's story of the message ends with the bounce: `outbox show`
+            # must not say "delivered" for a recipient the relay later bounced.
+            recorded = store.record_report(
+                report.original_message_id, judged.recipient, _bounce_attempt(judged, when)
+            )
+        v = replace(judged, suppression=done, recorded=recorded)
         verdicts.append(v)
         suppressed = done == "added"
         events.dsn(

@@ -615,6 +615,40 @@ class SQLiteStore:
                 db.executemany(_INSERT_ATTEMPT, journal)
             return self._release_lease(db, claim)
 
+    def record_report(self, message_id: str, recipient: str, attempt: Attempt) -> bool:
+        if not isinstance(message_id, str) or not isinstance(recipient, str):
+            raise InvalidInputError("message_id and recipient must be str")
+        if not isinstance(attempt, Attempt) or attempt.state != "bounced":
+            raise StoreError(f"{self._path}: a report records a bounced Attempt")
+        _check_times(at=attempt.at)
+        wanted = normalise_address(recipient)
+        with self._transaction(f"recording a report on {message_id}") as db:
+            rows = db.execute(
+                "SELECT r.key, r.recipient, r.wire FROM recipients AS r JOIN messages AS m "
+                "ON m.key = r.message_key WHERE m.message_id = ?",
+                (message_id,),
+            ).fetchall()
+            keys = [
+                key
+                for key, given, wire in rows
+                if wanted in (normalise_address(given), normalise_address(wire))
+            ]
+            for key in keys:
+                db.execute(
+                    _INSERT_ATTEMPT,
+                    (key, attempt.at, attempt.state, attempt.reason, attempt.code,
+                     attempt.status, attempt.text, attempt.rule, attempt.action,
+                     attempt.ambiguous),
+                )  # fmt: skip
+                db.execute(
+                    "UPDATE recipients SET state = 'bounced', reason = ?, code = ?, "
+                    "status = ?, text = ?, next_attempt_at = NULL, updated_at = ? "
+                    "WHERE key = ?",
+                    (attempt.reason, attempt.code, attempt.status, attempt.text, attempt.at,
+                     key),
+                )  # fmt: skip
+        return bool(keys)
+
     def renew(self, claim: Claim, *, now: float, lease_seconds: float) -> Claim | None:
         _check_times(now=now, lease_seconds=lease_seconds)
         if not lease_seconds > 0:

@@ -333,6 +333,15 @@ class Store(Protocol):
         claim's (False: it expired and another worker may have the message too)."""
         ...
 
+    def record_report(self, message_id: str, recipient: str, attempt: Attempt) -> bool:
+        """A failure reported later about one recipient of a stored message (a bounce
+        message: the relay had accepted it): ``attempt`` (state ``bounced``) goes to the
+        recipient's journal and the recipient ends ``bounced`` with its reason, whatever
+        it was (``delivered`` at the relay, or still pending: it is not retried). The
+        recipient is matched by address as the suppression list matches (case, Unicode
+        or A-label domain). Returns whether the store holds that message and recipient."""
+        ...
+
     def renew(self, claim: Claim, *, now: float, lease_seconds: float) -> Claim | None:
         """Extend the claim's lease to ``now + lease_seconds`` if it is still the claim's
         (no other worker took the message, nobody released it), and return the renewed
