@@ -926,6 +926,7 @@ def intake_dsn(
             status=v.verdict.status,
             suppress=v.suppress,
             suppressed=suppressed,
+            recorded=recorded,
             rule=v.verdict.rule,
             policy=policy.name,
         )
