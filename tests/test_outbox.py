@@ -708,7 +708,8 @@ def test_a_lease_that_cannot_be_renewed_mid_delivery_loses_nothing(
     """Between two transactions of one delivery the store stays locked: the lease cannot
     be renewed. The worker sends nothing more, but still records what the first
     transaction delivered (it escaped unrecorded and was sent again: diff review); the
-    recipient left is deferred untried and delivered by the next run."""
+    recipient left is untouched (no attempt, no made-up failure that could bounce it at
+    the give-up time: second diff review) and delivered by the next run."""
     from mailpolicy._store import StoreBusyError
 
     smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
@@ -730,11 +731,13 @@ def test_a_lease_that_cannot_be_renewed_mid_delivery_loses_nothing(
         relays=RelayRegistry(),
     )  # fmt: skip
     stats = worker.run_once()
-    assert (stats.delivered, stats.deferred, stats.leases_lost) == (1, 1, 0)
+    assert (stats.delivered, stats.deferred, stats.leases_lost) == (1, 0, 0)
     assert smtp_server.delivered_to("bob@example.org") == 1
     assert smtp_server.delivered_to("cy@example.org") == 0
     (cy,) = store.list_recipients(state="deferred")
-    assert (cy.recipient, cy.reason) == ("cy@example.org", "system_error")
+    # Untouched: no attempt counted for it, its earlier reason kept, due a minute later.
+    assert (cy.recipient, cy.reason, cy.attempts) == ("cy@example.org", "greylisted", 1)
+    assert cy.next_attempt_at == clock.time() + 60
     store.retry_now(now=clock.time())
     make_worker(smtp_server, store, clock, RelayRegistry()).run_once()
     assert smtp_server.delivered_to("cy@example.org") == 1

@@ -69,6 +69,9 @@ class _Pending:
     text: str = ""
     decision: Decision | None = None
     ambiguous: bool = False
+    #: The attempt stopped before naming it (the worker's lease could not be renewed):
+    #: nothing happened to it, nothing is to be recorded.
+    untried: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -696,8 +699,9 @@ class Sender:
         recipients that need it are known from their wire addresses. ``heartbeat`` runs
         before each transaction after the first (the worker renews its lease there: each
         transaction may wait the full end-of-data timeout); when it returns False, the
-        recipients left are deferred untried and the attempt ends normally, so what the
-        earlier transactions delivered is still judged and recorded."""
+        recipients left are marked ``untried`` (no attempt counted) and the attempt ends
+        normally, so what the earlier transactions delivered is still judged and
+        recorded."""
         policy = self.policy
         batch = list(todo)
         for p in todo:
@@ -705,12 +709,9 @@ class Sender:
         first = True
         while batch:
             if heartbeat is not None and not first and not heartbeat():
-                self._not_tried(
-                    batch,
-                    rule="worker.lease-not-renewed",
-                    text="not sent in this attempt: the worker could not renew its lease "
-                    "before another transaction",
-                )
+                for p in batch:  # left as they were: no attempt spent, nothing to record
+                    p.attempts -= 1
+                    p.untried = True
                 return
             first = False
             try:
@@ -813,14 +814,6 @@ class Sender:
                 "(an internationalised address); nothing was sent"
             ),
         )
-
-    def _not_tried(self, batch: list[_Pending], *, rule: str, text: str) -> None:
-        """Recipients this attempt stopped before trying: deferred on the queue's
-        schedule, a transient local verdict (no reply: nothing was sent for them)."""
-        verdict = _no_reply("transient", "system_error", rule, scope="message", stage=None)
-        for p in batch:
-            p.verdict, p.text = verdict, text
-            p.decision = Decision(action="defer", rule=rule, retry=True, suppress=False)
 
     def _local_failure(self, batch: list[_Pending], *, rule: str, text: str) -> None:
         """The server lacks an extension the message needs: bounced before MAIL, with

@@ -51,6 +51,8 @@ from ._vocab import as_reason
 DEFAULT_LEASE: Final = 15 * 60.0
 #: Tries at renewing a lease between two transactions while the database stays locked.
 RENEW_ATTEMPTS: Final = 3
+#: When recipients a delivery stopped before (its lease not renewed) are due again.
+UNTRIED_DELAY: Final = 60.0
 #: Held reasons that are about the whole relay connection, not one message: after one,
 #: the worker stops trying the relay until the hold ends.
 _OUR_CONFIGURATION: Final = frozenset(
@@ -469,6 +471,18 @@ class Worker:
         now = self._clock()
         finished: list[tuple[str, RecipientOutcome]] = []
         for stored, p in zip(due, pending, strict=True):
+            if p.untried:
+                # The delivery stopped before naming it: no attempt, nothing happened;
+                # it stays as it was, due again a little later (not at once, or this
+                # run would claim it straight back).
+                updates.append(
+                    RecipientUpdate(
+                        key=stored.key, state=stored.state, reason=stored.reason,
+                        code=stored.code, status=stored.status, text=stored.text,
+                        ambiguous=stored.ambiguous, next_attempt_at=now + UNTRIED_DELAY,
+                    )
+                )  # fmt: skip
+                continue
             first_failure_at, history = _schedule_clock(
                 self.store.journal(recipient_key=stored.key), stored.first_failure_at, now
             )
