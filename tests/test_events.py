@@ -256,6 +256,11 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 User unknown", "user@example.org", "550 User unknown"),
         # a regex metacharacter in the address, and a trailing full stop
         ("550 a+b@example.org.", "a+b@example.org", "550 a***@example.org."),
+        # atext a token pattern might cut short, a quoted local part, an address literal
+        ("550 <O'Brien@example.org>", "o'brien@example.org", "550 <o***@example.org>"),
+        ("550 <ann{x}@example.org>", "ann{x}@example.org", "550 <a***@example.org>"),
+        ('550 <"john doe"@example.org>', '"john doe"@example.org', '550 <"***@example.org>'),
+        ("550 <zz@[192.0.2.1]>", "zz@[192.0.2.1]", "550 <z***@[192.0.2.1]>"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(

@@ -142,8 +142,8 @@ MAX_EVENT_TEXT: Final = 300
 
 
 #: An address as servers quote it (inside <>, after "TO:", in prose): what is between
-#: separators on both sides of an "@".
-_ADDRESS_TOKEN: Final = re.compile(r"[^\s<>()\[\]{}\"'`,;:]+@[^\s<>()\[\]{}\"'`,;:]+")
+#: separators on both sides of an "@" (RFC 5322 atext allows ' { } ` in a local part).
+_ADDRESS_TOKEN: Final = re.compile(r"[^\s<>()\[\]\",;:]+@[^\s<>()\[\]\",;:]+")
 #: Local parts too common to be anyone's: an echo of one alone stays readable.
 _GENERIC_LOCAL_PARTS: Final = frozenset(
     {"user", "mail", "info", "admin", "support", "contact", "sales", "office", "postmaster",
@@ -169,6 +169,9 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
         return line[:MAX_EVENT_TEXT]
     wanted = _mailbox_key(address)
     shown = show_recipient(address, style)
+    # First the address as given, literally (a quoted local part, an address literal:
+    # forms no token pattern takes whole), then every other spelling, token by token.
+    line = re.sub(re.escape(address), shown, line, flags=re.IGNORECASE)
 
     def mask(m: re.Match[str]) -> str:
         token = m.group()
