@@ -277,6 +277,8 @@ def test_a_policy_adds_classification_rules_before_the_shipped_ones(tmp_path: Pa
         ('id = "acme.x"\nreason = "unknown"', "classification[0].text: a text rule needs"),
         ('id = "acme.x"\nreason = "unknown"\ntext = ["x"]\nstage = "nowhere"',
          "classification[0].stage: unknown stage 'nowhere'"),
+        ('id = "acme.x"\nreason = "unknown"\ntext = ["x"]\nmatch = "1.1"',
+         "classification[0].match: not a key of a text rule"),
     ],
 )  # fmt: skip
 def test_a_bad_classification_rule_names_its_file_and_key(
@@ -285,3 +287,31 @@ def test_a_bad_classification_rule_names_its_file_and_key(
     text = f'schema = 1\nname = "bad"\nextends = "default"\n\n[[classification]]\n{entry}\n'
     with pytest.raises(PolicyError, match=re.escape(f"bad.toml: {message}")):
         load_policy(write(tmp_path, "bad", text))
+
+
+def test_a_policys_dead_address_rule_keeps_the_shipped_guards(tmp_path: Path) -> None:
+    """A natural rule of one's own, "account does not exist" -> mailbox_unknown, would
+    suppress on "550 5.7.1 Sender account does not exist" (our own account: the shipped
+    phrases yield to an X.7.x status). A policy's dead-address rule is weak by default,
+    so it gets the same guards; `weak = false` says otherwise (second diff review)."""
+    from mailpolicy import classify
+
+    text = (
+        'schema = 1\nname = "gone"\nextends = "default"\n\n[[classification]]\n'
+        'id = "acme.gone"\nreason = "mailbox_unknown"\ntext = ["account does not exist"]\n'
+    )
+    rules = load_policy(write(tmp_path, "gone", text)).classifier
+    ours = classify("550 5.7.1 Sender account does not exist", stage="rcpt", rules=rules)
+    assert (ours.reason, ours.suppress) == ("policy_blocked", False)
+    plain = classify("550 Your account does not exist here", stage="rcpt", rules=rules)
+    assert (plain.rule, plain.suppress) == ("acme.gone", True)
+    # Quoted at an unknown stage without an addressing status: not tied to the recipient.
+    quoted = classify("host x said: 550 account does not exist", rules=rules)
+    assert (quoted.rule, quoted.suppress) == ("acme.gone", False)
+
+
+def test_a_policy_with_rules_of_its_own_is_compiled_once(tmp_path: Path) -> None:
+    """A policy file is loaded for every Django backend, so for every send_mail: the rule
+    set with its own rules is built once per distinct set of rules, not per load."""
+    path = write(tmp_path, "acme", _ACME)
+    assert load_policy(path).classifier is load_policy(path).classifier

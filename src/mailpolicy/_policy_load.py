@@ -37,7 +37,7 @@ from ._policy import (
     SuppressionSettings,
 )
 from ._policy_rules import parse_destinations, parse_rules
-from ._rules import with_own_rules
+from ._rules import check_own_rules, ruleset_with
 from ._schedule import Schedule, format_duration
 
 #: The only schema version this library reads.
@@ -87,12 +87,10 @@ def _layer(raw: Mapping[str, Any], source: str, stem: str) -> dict[str, Any]:
     }
     layer["rules"] = parse_rules(raw.get("rules", []), source, "rules")
     layer["destinations"] = parse_destinations(raw.get("destinations", []), source, "destinations")
-    own = raw.get("classification", [])
-    if not isinstance(own, list):
-        raise PolicyError(source, "classification", "expected an array of tables")
-    if own:
-        with_own_rules(own, source, "classification")  # checked here: errors name this file
-    layer["classification"] = list(own)
+    # Checked here, so errors name this file.
+    layer["classification"] = check_own_rules(
+        raw.get("classification", []), source, "classification"
+    )
     return layer
 
 
@@ -227,11 +225,7 @@ def _assemble(layer: Mapping[str, Any], source: str) -> Policy:
         address=AddressSettings(**layer["address"]),
         suppression=suppression,
         destinations=tuple(destinations),
-        classifier=(
-            with_own_rules(layer["classification"], source, "classification")
-            if layer["classification"]
-            else None
-        ),
+        classifier=ruleset_with(layer["classification"]) if layer["classification"] else None,
     )
 
 

@@ -18,8 +18,10 @@ one set intersection, so the cost grows with the text, not with the number of ru
 
 from __future__ import annotations
 
+import json
 import operator
 import re
+import threading
 import tomllib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +30,17 @@ from importlib import resources
 from typing import Any, Final, cast
 
 from ._errors import PolicyError
-from ._vocab import KINDS, REASONS, SCOPES, STAGES, Kind, Reason, Scope, Stage
+from ._vocab import (
+    DEAD_ADDRESS_REASONS,
+    KINDS,
+    REASONS,
+    SCOPES,
+    STAGES,
+    Kind,
+    Reason,
+    Scope,
+    Stage,
+)
 
 #: Characters a ``*`` in a phrase may stand for.
 GAP: Final = 60
@@ -363,15 +375,22 @@ def build_ruleset(raw: Mapping[str, Any], where: str) -> RuleSet:
 
 
 BUILTIN_RULES_FILE: Final = "classification.toml"
+_BUILTIN: list[dict[str, Any]] = []  # the shipped file, parsed once (read-only)
+#: Rule sets with a policy's own rules first, by those rules' content: a policy file is
+#: loaded for every Django backend (every send_mail), the shipped rules only once.
+_WITH_OWN: dict[str, RuleSet] = {}
+_WITH_OWN_LOCK: Final = threading.Lock()
 
 
 def _builtin_raw() -> dict[str, Any]:
-    name = BUILTIN_RULES_FILE
-    text = resources.files("mailpolicy").joinpath("data", name).read_text("utf-8")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(name, "", f"invalid TOML: {exc}") from exc
+    if not _BUILTIN:
+        name = BUILTIN_RULES_FILE
+        text = resources.files("mailpolicy").joinpath("data", name).read_text("utf-8")
+        try:
+            _BUILTIN.append(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(name, "", f"invalid TOML: {exc}") from exc
+    return _BUILTIN[0]
 
 
 def load_builtin_rules() -> RuleSet:
@@ -379,32 +398,53 @@ def load_builtin_rules() -> RuleSet:
     return build_ruleset(_builtin_raw(), BUILTIN_RULES_FILE)
 
 
-def with_own_rules(own: Sequence[Mapping[str, Any]], source: str, path: str) -> RuleSet:
-    """The shipped rules with ``own`` text rules (a policy's ``[[classification]]``) tried
-    before them. Each of ``own`` is checked as a ``[[rules]]`` entry, its errors naming
-    ``source`` and ``path[i]``; an id may not repeat a shipped rule's."""
+def check_own_rules(own: object, source: str, path: str) -> list[dict[str, Any]]:
+    """Check a policy's ``[[classification]]`` entries, each as a ``[[rules]]`` entry of
+    the shipped file (errors name ``source`` and ``path[i]``; an id may not repeat a
+    shipped rule's), and return them ready for :func:`ruleset_with`. An entry whose
+    reason is a dead address is ``weak`` unless it says ``weak = false``: it gets the
+    guards the shipped generic phrases have (a firm or a security status outweighs it;
+    quoted at an unknown stage it needs an addressing status to suppress)."""
+    if not isinstance(own, list):
+        raise PolicyError(source, path, "expected an array of tables")
     builtin = _builtin_raw()
-    shipped_ids = {r.get("id") for r in builtin.get("rules", [])}
-    for table in ("status", "codes"):
-        shipped_ids |= {r.get("id") for r in builtin.get(table, [])}
+    shipped = {r.get("id") for t in ("rules", "status", "codes") for r in builtin.get(t, [])}
     seen: set[str] = set()
+    out: list[dict[str, Any]] = []
     for i, raw in enumerate(own):
         where = f"{path}[{i}]"
         if not isinstance(raw, Mapping):
             raise PolicyError(source, where, "expected a table")
-        if "text_from" in raw:
-            raise PolicyError(source, f"{where}.text_from", "give the phrases as text")
-        rule = compile_rule(raw, source, where, table="rules")
-        if rule.id in shipped_ids:
+        for key in ("text_from", "match"):
+            if key in raw:
+                raise PolicyError(source, f"{where}.{key}", "not a key of a text rule")
+        entry = dict(raw)
+        if entry.get("reason") in DEAD_ADDRESS_REASONS and "weak" not in entry:
+            entry["weak"] = True
+        rule = compile_rule(entry, source, where, table="rules")
+        if rule.id in shipped:
             raise PolicyError(
                 source, f"{where}.id", f"{rule.id!r} is a shipped rule's id; choose another"
             )
         if rule.id in seen:
             raise PolicyError(source, f"{where}.id", f"duplicate rule id {rule.id!r}")
         seen.add(rule.id)
-    merged = dict(builtin)
-    merged["rules"] = [*own, *builtin.get("rules", [])]
-    return build_ruleset(merged, source)
+        out.append(entry)
+    return out
+
+
+def ruleset_with(own: Sequence[Mapping[str, Any]]) -> RuleSet:
+    """The shipped rules with ``own`` (entries from :func:`check_own_rules`) tried before
+    them; built once per distinct set of entries."""
+    key = json.dumps(list(own), sort_keys=True, default=str)
+    with _WITH_OWN_LOCK:
+        found = _WITH_OWN.get(key)
+    if found is None:
+        builtin = _builtin_raw()
+        found = build_ruleset({**builtin, "rules": [*own, *builtin.get("rules", [])]}, "policy")
+        with _WITH_OWN_LOCK:
+            _WITH_OWN.setdefault(key, found)
+    return found
 
 
 def first_rule(
