@@ -267,6 +267,12 @@ def test_unicode_domains_in_the_headers_are_idna_2008_too(site: SMTPTestServer) 
     assert str(parsed["Reply-To"]) == "Støtte <help@xn--strae-oqa.example>"
     assert str(parsed["From"]) == "Büro <office@xn--bcher-kva.example>"
     assert site.messages[0].mail_from == "office@xn--bcher-kva.example"
+    # An address it cannot convert (a Unicode local part) keeps Django's rendering; the
+    # others in the same header are converted all the same (second diff review).
+    mixed = message("jürgen@faß.example", "ann@faß.example")
+    assert mixed.send() == 1
+    to = site.messages[1].parsed()["To"]
+    assert [a.addr_spec for a in to.addresses][1] == "ann@xn--fa-hia.example"
 
 
 @pytest.mark.skipif(django.VERSION >= (6, 1), reason="6.1 raises ValueError, as Django does")
@@ -336,6 +342,24 @@ def test_a_relay_that_refuses_connections_is_retried_then_deferred(fast_policy: 
     assert (outcome.state, outcome.reason, outcome.attempts) == ("deferred", "network_error", 3)
     backend.fail_silently = True
     assert backend.send_messages([message("ann@example.org")]) == 0
+
+
+def test_open_s_failure_is_judged_with_the_policys_own_rules(
+    site: SMTPTestServer, tmp_path: Path
+) -> None:
+    """A policy that calls "554 5.3.2 ACME frontend busy" transient ([[classification]])
+    gets its retries when open() meets it, as the Sender would (the backend judged it
+    with the shipped rules and raised: second diff review)."""
+    (tmp_path / "acme.toml").write_text(
+        'schema = 1\nname = "acme"\nextends = "default"\n'
+        '[inline]\nbackoff = { initial = "1ms", multiplier = 2.0, max = "5ms", '
+        'jitter = "none" }\n\n[[classification]]\nid = "acme.busy"\n'
+        'reason = "service_unavailable"\nkind = "transient"\ntext = ["acme frontend busy"]\n'
+    )
+    site.script.greeting("554 5.3.2 ACME frontend busy")
+    with override_settings(MAILPOLICY={"POLICY": str(tmp_path / "acme.toml")}):
+        assert mail.get_connection().send_messages([message("ann@example.org")]) == 1
+    assert site.delivered_to("ann@example.org") == 1
 
 
 def test_a_421_greeting_at_open_is_retried_inside_send_messages(site: SMTPTestServer) -> None:

@@ -89,3 +89,17 @@ def test_a_421_rate_limit_is_retried_inline_then_pauses_the_relay() -> None:
     assert "rule     rate-limited-421" in lines
     assert "relay    paused 5m once the inline retries are used up (a relay-wide limit)" in lines
     assert [a.tier for a in e.attempts[:4]] == ["first", "inline", "inline", "queue"]
+
+
+def test_one_mailboxs_rate_limit_pauses_no_relay_in_the_explanation() -> None:
+    """Gmail's per-mailbox limit is throttled without pausing the relay (scope
+    recipient): explain must not say it pauses the relay."""
+    e = explain(
+        load_policy("default"),
+        reply="450 4.2.1 The user you are trying to contact is receiving mail at a rate "
+        "that prevents additional messages from being delivered.",
+        stage="rcpt",
+    )
+    lines = render_explanation(e).splitlines()
+    assert (e.scope, e.decision.action) == ("recipient", "throttle")
+    assert not any(line.startswith("relay") for line in lines)

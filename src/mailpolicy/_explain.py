@@ -32,6 +32,9 @@ class Explanation:
     decision: Decision
     #: The classification rule that gave the reason (shipped, or the policy's own).
     classified_by: str
+    #: What the failure is about (recipient, message or relay): a throttle pauses the
+    #: relay only for a relay-wide limit.
+    scope: str
     attempts: tuple[PlannedAttempt, ...]
     final: QueueStep
 
@@ -62,6 +65,7 @@ class Explanation:
             "reason": self.reason,
             "retry_after": self.retry_after,
             "classified_by": self.classified_by,
+            "scope": self.scope,
             "rule": self.decision.rule,
             "action": self.decision.action,
             "decision": self.decision.to_dict(),
@@ -95,6 +99,7 @@ def explain(
         retry_after=retry_after,
         decision=decision,
         classified_by=verdict.rule,
+        scope=verdict.scope,
         attempts=attempts,
         final=final,
     )
@@ -120,7 +125,7 @@ def render_explanation(explanation: Explanation) -> str:
     ]
     if e.retry_after is not None:
         lines.append(f"server   asked to wait {format_duration(e.retry_after)}")
-    if d.pause and d.action in ("throttle", "retry"):
+    if d.pause and d.action in ("throttle", "retry") and e.scope == "relay":
         when = "at once" if d.action == "throttle" else "once the inline retries are used up"
         lines.append(f"relay    paused {format_duration(d.pause)} {when} (a relay-wide limit)")
     lines.append("")

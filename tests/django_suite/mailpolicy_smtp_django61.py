@@ -61,6 +61,15 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         assert message["To"] == "to@xn--fa-hia.example, cc@xn--nxasmm1c.example"
         assert message["From"] == "lists@xn--discusso-xza.example.org"
 
+    def test_mailpolicy_headers_left_alone_without_a_unicode_domain(self) -> None:
+        """A message in another charset whose display name it cannot encode: Django 6.1
+        writes it in UTF-8; the IDNA rewrite must not touch such a header (it raised
+        UnicodeEncodeError: second diff review)."""
+        email = EmailMessage(to=["Jürgen Ł <j@example.org>"])
+        email.encoding = "iso-8859-1"
+        self.create_backend().send_messages([email])
+        assert self.get_the_message()["To"] == "Jürgen Ł <j@example.org>"
+
 
 for _name in EXCEPTIONS:
     setattr(

@@ -22,6 +22,7 @@ import email.utils
 import smtplib
 import ssl
 from collections.abc import Iterable
+from contextlib import suppress
 from email.message import Message
 from typing import TYPE_CHECKING, Any, Final
 
@@ -77,11 +78,13 @@ _FIELD_HEADERS: Final = (
 
 def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> None:
     """Django (5.2 and 6.1) writes a Unicode domain in the address headers with IDNA 2003,
-    as in the envelope (``To: ann@fass.example`` for ``ann@faß.example``: a reply would go to
-    another domain). Each such header is written again from the message's own value,
-    the domains as IDNA 2008 A-labels (the Sender's envelope form) and display names
-    as encoded-words. An address with a non-ASCII local part, or one that does not
-    parse, leaves Django's header as it is."""
+    as in the envelope (``To: ann@fass.example`` for ``ann@faß.example``: a reply would
+    go to another domain). A header holding such an address is written again from the
+    message's own value: those addresses with their domains as IDNA 2008 A-labels (the
+    Sender's envelope form) and their display names as UTF-8 encoded-words; the others
+    as Django renders them (5.2's ``sanitize_address``; on 6.1 as given, for the email
+    package to fold). Headers without a Unicode domain are left exactly as Django wrote
+    them."""
     encoding = email_message.encoding or settings.DEFAULT_CHARSET
     for header, attribute in _FIELD_HEADERS:
         value = getattr(email_message, attribute)
@@ -90,18 +93,22 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
         value = str(email_message.extra_headers.get(header, value))
         if not value or value.isascii() or header not in built:
             continue
-        rendered = []
+        rendered, converted = [], False
         for name, addr in email.utils.getaddresses([value]):
             local, at, domain = addr.rpartition("@")
-            if not at or not local or not local.isascii():
-                break
-            try:
-                wire = f"{local}@{a_label(domain)}"
-            except idna.IDNAError:
-                break
-            shown = name if name.isascii() else email.header.Header(name, encoding).encode()
-            rendered.append(email.utils.formataddr((shown, wire)))
-        else:
+            wire = None
+            if at and local and local.isascii() and not domain.isascii():
+                with suppress(idna.IDNAError):
+                    wire = f"{local}@{a_label(domain)}"
+            if wire is not None:
+                converted = True
+                shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
+                rendered.append(email.utils.formataddr((shown, wire)))
+            elif _MODERN:
+                rendered.append(email.utils.formataddr((name, addr)))
+            else:
+                rendered.append(sanitize_address((name, addr), encoding))
+        if converted:
             del built[header]
             # Message's own __setitem__: Django's SafeMIME one would convert it again.
             Message.__setitem__(built, header, ", ".join(rendered))
@@ -365,7 +372,9 @@ class EmailBackend(smtp.EmailBackend):
         forbid any connection (AUTH over plaintext refused)."""
         if exc is None or self._refused_plaintext_auth():
             return False
-        return classify_error(exc, stage="connect").kind == "transient"
+        # Judged with the policy's own classification rules, as the Sender judges it.
+        rules = self.options.policy.classifier
+        return classify_error(exc, stage="connect", rules=rules).kind == "transient"
 
     def _send_one(self, email_message: EmailMessage) -> DeliveryReport | None:
         if not email_message.recipients():
