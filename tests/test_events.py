@@ -261,6 +261,14 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 <ann{x}@example.org>", "ann{x}@example.org", "550 <a***@example.org>"),
         ('550 <"john doe"@example.org>', '"john doe"@example.org', '550 <"***@example.org>'),
         ("550 <zz@[192.0.2.1]>", "zz@[192.0.2.1]", "550 <z***@[192.0.2.1]>"),
+        # other people's addresses that contain this one are left alone (third review)
+        ("550 <joann@example.org> <ann@example.org>", "ann@example.org",
+         "550 <joann@example.org> <a***@example.org>"),
+        ("550 <ann@example.org.evil.net>", "ann@example.org", "550 <ann@example.org.evil.net>"),
+        # a quoted spelling of another form, and a backslash (no regex group reference)
+        ("550 'jürgen@xn--mnchen-3ya.example'", "jürgen@münchen.example",
+         "550 'j***@münchen.example'"),
+        ("550 <x@a\\1b.example>", "x@a\\1b.example", "550 <x***@a\\1b.example>"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(

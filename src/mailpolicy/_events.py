@@ -143,7 +143,8 @@ MAX_EVENT_TEXT: Final = 300
 
 #: An address as servers quote it (inside <>, after "TO:", in prose): what is between
 #: separators on both sides of an "@" (RFC 5322 atext allows ' { } ` in a local part).
-_ADDRESS_TOKEN: Final = re.compile(r"[^\s<>()\[\]\",;:]+@[^\s<>()\[\]\",;:]+")
+_SEPARATORS: Final = r"\s<>()\[\]\",;:"
+_ADDRESS_TOKEN: Final = re.compile(rf"[^{_SEPARATORS}]+@[^{_SEPARATORS}]+")
 #: Local parts too common to be anyone's: an echo of one alone stays readable.
 _GENERIC_LOCAL_PARTS: Final = frozenset(
     {"user", "mail", "info", "admin", "support", "contact", "sales", "office", "postmaster",
@@ -164,19 +165,31 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     ("550 5.1.1 <b***@example.org>: User unknown"), whatever the spelling the server
     quoted (case, Unicode normal form, Unicode or A-label domain), and an echo of its
     local part alone ("mailbox ann.smith does not exist") masked too."""
-    line = " ".join(text.split())
+    # Cut before masking (with room for what masking removes): the token pattern costs
+    # more than linear time on a long run without a separator.
+    line = " ".join(text[: MAX_EVENT_TEXT * 4].split())
     if style == "full" or "@" not in address:
         return line[:MAX_EVENT_TEXT]
     wanted = _mailbox_key(address)
     shown = show_recipient(address, style)
     # First the address as given, literally (a quoted local part, an address literal:
-    # forms no token pattern takes whole), then every other spelling, token by token.
-    line = re.sub(re.escape(address), shown, line, flags=re.IGNORECASE)
+    # forms no token pattern takes whole), where it stands alone: not the tail of
+    # "joann@..." nor the head of "ann@example.org.evil.net".
+    alone_address = re.compile(
+        rf"(?<![^{_SEPARATORS}]){re.escape(address)}(?=[{_SEPARATORS}]|\.?(?:\s|$))",
+        re.IGNORECASE,
+    )
+    line = alone_address.sub(lambda m: shown, line)
 
     def mask(m: re.Match[str]) -> str:
+        # Then every other spelling, token by token; quotes around the token and a
+        # full stop after it are not part of the address.
         token = m.group()
-        core = token.rstrip(".")
-        return shown + token[len(core) :] if _mailbox_key(core) == wanted else token
+        core = token.lstrip("'`")
+        lead = token[: len(token) - len(core)]
+        core = core.rstrip(".'`")
+        tail = token[len(lead) + len(core) :]
+        return lead + shown + tail if core and _mailbox_key(core) == wanted else token
 
     if "@" in line:
         line = _ADDRESS_TOKEN.sub(mask, line)
