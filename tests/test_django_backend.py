@@ -273,6 +273,12 @@ def test_unicode_domains_in_the_headers_are_idna_2008_too(site: SMTPTestServer) 
     assert mixed.send() == 1
     to = site.messages[1].parsed()["To"]
     assert [a.addr_spec for a in to.addresses][1] == "ann@xn--fa-hia.example"
+    # An empty group adds no empty entry; a domain nothing can write keeps Django's.
+    from mailpolicy.django.backend import _rendered_with_a_labels
+
+    group = "ann@faß.example, undisclosed-recipients:;"
+    assert _rendered_with_a_labels(group, "utf-8") == "ann@xn--fa-hia.example"
+    assert _rendered_with_a_labels("ann@example.org", "utf-8") is None  # nothing to do
 
 
 @pytest.mark.skipif(django.VERSION >= (6, 1), reason="6.1 raises ValueError, as Django does")

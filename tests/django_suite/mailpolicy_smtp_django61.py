@@ -70,6 +70,13 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         self.create_backend().send_messages([email])
         assert self.get_the_message()["To"] == "Jürgen Ł <j@example.org>"
 
+    def test_mailpolicy_a_domain_only_idna_2003_writes_keeps_djangos_header(self) -> None:
+        """bob@☃.example has no IDNA 2008 form: the header stays Django's, the send goes
+        on for the others (the rewrite raised UnicodeEncodeError: third diff review)."""
+        email = EmailMessage(to=["ann@example.org", "bob@☃.example"])
+        assert self.create_backend().send_messages([email]) == 1
+        assert self.get_smtp_envelopes()[0]["rcpt_tos"] == ["ann@example.org"]
+
 
 for _name in EXCEPTIONS:
     setattr(

@@ -93,13 +93,27 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
         value = str(email_message.extra_headers.get(header, value))
         if not value or value.isascii() or header not in built:
             continue
-        rendered, converted = [], False
-        for name, addr in email.utils.getaddresses([value]):
-            local, at, domain = addr.rpartition("@")
-            wire = None
-            if at and local and local.isascii() and not domain.isascii():
-                with suppress(idna.IDNAError):
-                    wire = f"{local}@{a_label(domain)}"
+        rendered = _rendered_with_a_labels(value, encoding)
+        if rendered is not None:
+            del built[header]
+            # Message's own __setitem__: Django's SafeMIME one would convert it again.
+            Message.__setitem__(built, header, rendered)
+
+
+def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
+    """An address header's value with each Unicode domain as IDNA 2008 A-labels; None
+    when no address has one that converts, or when another address cannot be rendered
+    (Django's own header is then kept whole: better its IDNA 2003 than no mail)."""
+    rendered, converted = [], False
+    for name, addr in email.utils.getaddresses([value]):
+        if not addr:  # an empty group ("undisclosed-recipients:;") adds no address
+            continue
+        local, at, domain = addr.rpartition("@")
+        wire = None
+        if at and local and local.isascii() and not domain.isascii():
+            with suppress(idna.IDNAError):
+                wire = f"{local}@{a_label(domain)}"
+        try:
             if wire is not None:
                 converted = True
                 shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
@@ -108,10 +122,9 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
                 rendered.append(email.utils.formataddr((name, addr)))
             else:
                 rendered.append(sanitize_address((name, addr), encoding))
-        if converted:
-            del built[header]
-            # Message's own __setitem__: Django's SafeMIME one would convert it again.
-            Message.__setitem__(built, header, ", ".join(rendered))
+        except (UnicodeError, ValueError):  # a domain not even IDNA 2003 can write
+            return None
+    return ", ".join(rendered) if converted else None
 
 
 def _with_crlf_as_bytes(message: Message) -> Message:
