@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, cast
@@ -251,6 +252,52 @@ def test_an_expired_lease_is_claimable_again_and_a_final_state_sticks(
         "delivered",
         "deferred",
     ]
+
+
+def test_a_reschedule_does_not_overwrite_what_another_worker_recorded(
+    store: SQLiteStore,
+) -> None:
+    """A worker whose delivery stopped early reschedules the recipients it left alone,
+    "if the row is as I claimed it": after another worker recorded a newer result for
+    them, that result stands (third diff review)."""
+    save(store, "ann@example.org")
+    [first] = store.claim_due(now=T0 + 60, owner="slow", lease_seconds=30)
+    stale = first.recipients[0]
+    [second] = store.claim_due(now=T0 + 90, owner="other", lease_seconds=30)
+    newer = RecipientUpdate(
+        key=stale.key, state="deferred", reason="mailbox_full", code=452,
+        next_attempt_at=T0 + 9000,
+        attempt=Attempt(at=T0 + 91, state="deferred", reason="mailbox_full", code=452),
+    )  # fmt: skip
+    assert store.record_attempt(second, [newer], now=T0 + 91)
+    reschedule = RecipientUpdate(
+        key=stale.key, state=stale.state, reason=stale.reason, next_attempt_at=T0 + 160,
+        if_updated_at=stale.updated_at,
+    )  # fmt: skip
+    store.record_attempt(first, [reschedule], now=T0 + 100)
+    [row] = store.list_recipients()
+    assert (row.reason, row.code, row.next_attempt_at) == ("mailbox_full", 452, T0 + 9000)
+
+
+def test_a_bounce_report_touches_only_a_recipient_it_can_end(store: SQLiteStore) -> None:
+    """record_report: a replayed report changes nothing, a recipient final for another
+    reason keeps it, and a message a worker has in hand is left to the worker (its
+    result would come after the bounce and contradict it)."""
+    save(store, "ann@example.org", "bob@example.org")
+    message_id = store.list_recipients()[0].message_id
+    bounce = Attempt(at=T0 + 10, state="bounced", reason="mailbox_unknown", code=550)
+    assert store.record_report(message_id, "ANN@example.org", bounce)
+    assert not store.record_report(message_id, "ann@example.org", bounce)  # replayed
+    assert len([a for a in store.journal(message_id=message_id) if a.state == "bounced"]) == 1
+    [claim] = store.claim_due(now=T0 + 60, owner="w", lease_seconds=300)
+    assert not store.record_report(
+        message_id, "bob@example.org", replace(bounce, at=T0 + 61)
+    )  # leased: the worker's result decides
+    assert {r.recipient: r.state for r in store.list_recipients()} == {
+        "ann@example.org": "bounced",
+        "bob@example.org": "deferred",
+    }
+    assert claim.recipients[0].recipient == "bob@example.org"
 
 
 def test_renew_extends_only_a_lease_still_held(store: SQLiteStore) -> None:

@@ -171,7 +171,7 @@ _UPDATE_RECIPIENT: Final = """
     UPDATE recipients SET state = ?, reason = ?, code = ?, status = ?, text = ?,
         ambiguous = ?, next_attempt_at = ?, attempts = attempts + ?,
         first_failure_at = COALESCE(first_failure_at, ?), updated_at = ?
-    WHERE key = ? AND state IN ('deferred', 'held')
+    WHERE key = ? AND state IN ('deferred', 'held') AND (? IS NULL OR updated_at = ?)
 """
 
 
@@ -607,6 +607,8 @@ class SQLiteStore:
                         failed_at,
                         now,
                         update.key,
+                        update.if_updated_at,
+                        update.if_updated_at,
                     ),
                 )
                 if attempt is not None:
@@ -623,10 +625,16 @@ class SQLiteStore:
         _check_times(at=attempt.at)
         wanted = normalise_address(recipient)
         with self._transaction(f"recording a report on {message_id}") as db:
+            # Not a message a worker has in hand (its result would come after the bounce
+            # and contradict it), not a recipient already final for another reason
+            # (suppressed, invalid, bounced: its first reason stands; a replayed report
+            # changes nothing).
             rows = db.execute(
                 "SELECT r.key, r.recipient, r.wire FROM recipients AS r JOIN messages AS m "
-                "ON m.key = r.message_key WHERE m.message_id = ?",
-                (message_id,),
+                "ON m.key = r.message_key WHERE m.message_id = ? "
+                "AND r.state IN ('delivered', 'deferred', 'held') "
+                "AND (m.lease_until IS NULL OR m.lease_until <= ?)",
+                (message_id, attempt.at),
             ).fetchall()
             keys = [
                 key

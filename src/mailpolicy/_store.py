@@ -153,7 +153,9 @@ class RecipientUpdate:
     ``key`` is :attr:`StoredRecipient.key`. With ``attempt`` set, an attempt was spent:
     the counter goes up by one, the journal gets the row, and the first failure time is
     set if this was the first failure. Without it no attempt is counted (the relay's
-    circuit was open, the recipient was rebatched before being tried).
+    circuit was open, the recipient was rebatched before being tried). With
+    ``if_updated_at``, the update applies only if the row was not changed since then
+    (a reschedule that must not overwrite what another worker recorded meanwhile).
     """
 
     key: int
@@ -165,6 +167,7 @@ class RecipientUpdate:
     ambiguous: bool = False
     next_attempt_at: float | None = None
     attempt: Attempt | None = None
+    if_updated_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,10 +339,12 @@ class Store(Protocol):
     def record_report(self, message_id: str, recipient: str, attempt: Attempt) -> bool:
         """A failure reported later about one recipient of a stored message (a bounce
         message: the relay had accepted it): ``attempt`` (state ``bounced``) goes to the
-        recipient's journal and the recipient ends ``bounced`` with its reason, whatever
-        it was (``delivered`` at the relay, or still pending: it is not retried). The
-        recipient is matched by address as the suppression list matches (case, Unicode
-        or A-label domain). Returns whether the store holds that message and recipient."""
+        recipient's journal and the recipient ends ``bounced`` with its reason, when it
+        was ``delivered`` (at the relay) or still pending (it is not retried). A
+        recipient already final for another reason keeps it (a replayed report changes
+        nothing), and a message a worker has in hand is left to it. The recipient is
+        matched by address as the suppression list matches (case, Unicode or A-label
+        domain). Returns whether the report was recorded."""
         ...
 
     def renew(self, claim: Claim, *, now: float, lease_seconds: float) -> Claim | None:

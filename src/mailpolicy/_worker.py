@@ -465,8 +465,10 @@ class Worker:
             sender._apply_throttle(pending, relay, inline_done=True)  # no inline tier here
             # One mail.attempt event per SMTP attempt (DESIGN.md §5), numbered as the
             # message's attempts so far: the send()'s and the earlier workers' included.
-            number = max(p.attempts for p in pending)
-            sender._emit_attempt(prepared, number, pending, started)
+            tried = [p for p in pending if not p.untried]
+            if tried:
+                number = max(p.attempts for p in tried)
+                sender._emit_attempt(prepared, number, tried, started)
         elapsed_ms = (sender._monotonic() - started) * 1000
         now = self._clock()
         finished: list[tuple[str, RecipientOutcome]] = []
@@ -480,6 +482,7 @@ class Worker:
                         key=stored.key, state=stored.state, reason=stored.reason,
                         code=stored.code, status=stored.status, text=stored.text,
                         ambiguous=stored.ambiguous, next_attempt_at=now + UNTRIED_DELAY,
+                        if_updated_at=stored.updated_at,  # not over another's result
                     )
                 )  # fmt: skip
                 continue
