@@ -269,6 +269,12 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 'jürgen@xn--mnchen-3ya.example'", "jürgen@münchen.example",
          "550 'j***@münchen.example'"),
         ("550 <x@a\\1b.example>", "x@a\\1b.example", "550 <x***@a\\1b.example>"),
+        # what servers write around an address (fourth review)
+        ("550 to=annsmith@example.org", "annsmith@example.org", "550 to=a***@example.org"),
+        ("550 ann@example.org's quota", "ann@example.org", "550 a***@example.org's quota"),
+        ("550 recipient/ann@example.org?", "ann@example.org", "550 recipient/a***@example.org?"),
+        ("550 {ann@example.org}", "ann@example.org", "550 {a***@example.org}"),
+        ("550 '\"john doe\"@example.org'", '"john doe"@example.org', "550 '\"***@example.org'"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(
@@ -277,3 +283,17 @@ def test_the_reply_text_masks_every_spelling_of_the_recipient(
     from mailpolicy._events import shown_text
 
     assert shown_text(text, address, "mask") == shown
+
+
+def test_a_long_reply_is_cut_on_a_word_boundary_after_masking() -> None:
+    """Whitespace collapses before the cut, so an address far into a padded reply is
+    masked; a word cut in two at the end is dropped (a piece of an address would be
+    left): fourth review."""
+    from mailpolicy._events import MAX_EVENT_TEXT, shown_text
+
+    padded = "550" + " " * 1190 + "annsmith@example.org rejected"
+    assert shown_text(padded, "annsmith@example.org", "mask") == "550 a***@example.org rejected"
+    long = "550 " + " ".join(["word"] * 100) + " <" + "q" * 64 + "@example.org>"
+    cut = shown_text(long, "q" * 64 + "@example.org", "full")
+    assert len(cut) <= MAX_EVENT_TEXT
+    assert cut.endswith("word …")

@@ -298,6 +298,15 @@ def test_a_bounce_report_touches_only_a_recipient_it_can_end(store: SQLiteStore)
         "bob@example.org": "deferred",
     }
     assert claim.recipients[0].recipient == "bob@example.org"
+    # A delivered recipient is no worker's business: its bounce is recorded even while
+    # a co-recipient of the message is in a worker's hands (fourth review).
+    store.record_attempt(claim, [delivered_update(claim.recipients[0].key, T0 + 62)], now=T0 + 62)
+    save(store, "cy@example.org", "dee@example.org")
+    second = next(r for r in store.list_recipients() if r.recipient == "cy@example.org")
+    [held] = store.claim_due(now=T0 + 70, owner="w", lease_seconds=300)
+    store.record_attempt(held, [delivered_update(second.key, T0 + 71)], now=T0 + 71)
+    [held] = store.claim_due(now=T0 + 72, owner="w", lease_seconds=300)  # dee, in hand
+    assert store.record_report(second.message_id, "cy@example.org", replace(bounce, at=T0 + 73))
 
 
 def test_renew_extends_only_a_lease_still_held(store: SQLiteStore) -> None:

@@ -144,6 +144,10 @@ MAX_EVENT_TEXT: Final = 300
 #: An address as servers quote it (inside <>, after "TO:", in prose): what is between
 #: separators on both sides of an "@" (RFC 5322 atext allows ' { } ` in a local part).
 _SEPARATORS: Final = r"\s<>()\[\]\",;:"
+#: What may stand before a local part inside a token ("to=", "recipient/", quotes, "{").
+_BEFORE_LOCAL: Final = "=/{'`"
+#: What may follow the domain inside a token (a full stop, quotes, "}", "?", "!").
+_AFTER_DOMAIN: Final = ".'`}?!"
 _ADDRESS_TOKEN: Final = re.compile(rf"[^{_SEPARATORS}]+@[^{_SEPARATORS}]+")
 #: Local parts too common to be anyone's: an echo of one alone stays readable.
 _GENERIC_LOCAL_PARTS: Final = frozenset(
@@ -165,31 +169,32 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     ("550 5.1.1 <b***@example.org>: User unknown"), whatever the spelling the server
     quoted (case, Unicode normal form, Unicode or A-label domain), and an echo of its
     local part alone ("mailbox ann.smith does not exist") masked too."""
-    # Cut before masking (with room for what masking removes): the token pattern costs
-    # more than linear time on a long run without a separator.
-    line = " ".join(text[: MAX_EVENT_TEXT * 4].split())
+    # One line first (linear), then cut with room for what masking removes: the token
+    # pattern costs more than linear time on a long run without a separator.
+    line = " ".join(text.split())[: MAX_EVENT_TEXT * 4]
     if style == "full" or "@" not in address:
-        return line[:MAX_EVENT_TEXT]
+        return _cut(line)
     wanted = _mailbox_key(address)
     shown = show_recipient(address, style)
     # First the address as given, literally (a quoted local part, an address literal:
     # forms no token pattern takes whole), where it stands alone: not the tail of
-    # "joann@..." nor the head of "ann@example.org.evil.net".
-    alone_address = re.compile(
-        rf"(?<![^{_SEPARATORS}]){re.escape(address)}(?=[{_SEPARATORS}]|\.?(?:\s|$))",
-        re.IGNORECASE,
-    )
+    # "joann@..." nor the head of "ann@example.org.evil.net"; "to=ann@...", "ann@...'s"
+    # and "ann@...?" are the address.
+    alone_address = re.compile(rf"(?<![\w.+-]){re.escape(address)}(?!\.?[\w-])", re.IGNORECASE)
     line = alone_address.sub(lambda m: shown, line)
 
     def mask(m: re.Match[str]) -> str:
-        # Then every other spelling, token by token; quotes around the token and a
-        # full stop after it are not part of the address.
+        # Then every other spelling, token by token. A token may carry what is not the
+        # address: "to=", "recipient/", quotes, "{...}", a full stop, "'s", "?".
         token = m.group()
-        core = token.lstrip("'`")
-        lead = token[: len(token) - len(core)]
-        core = core.rstrip(".'`")
-        tail = token[len(lead) + len(core) :]
-        return lead + shown + tail if core and _mailbox_key(core) == wanted else token
+        at = token.index("@")
+        start = max(token.rfind(c, 0, at) for c in _BEFORE_LOCAL) + 1
+        core = token[start:].rstrip(_AFTER_DOMAIN)
+        if core.endswith("'s"):
+            core = core[:-2].rstrip(_AFTER_DOMAIN)
+        if not core or _mailbox_key(core) != wanted:
+            return token
+        return token[:start] + shown + token[start + len(core) :]
 
     if "@" in line:
         line = _ADDRESS_TOKEN.sub(mask, line)
@@ -197,7 +202,17 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     if len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS:
         alone = re.compile(rf"(?<![\w.@-]){re.escape(local)}(?![\w@-])", re.IGNORECASE)
         line = alone.sub("***", unicodedata.normalize("NFC", line))
-    return line[:MAX_EVENT_TEXT]
+    return _cut(line)
+
+
+def _cut(line: str) -> str:
+    """``line`` cut to :data:`MAX_EVENT_TEXT` characters, without a word cut in two (a
+    piece of an address would otherwise survive the masking)."""
+    if len(line) <= MAX_EVENT_TEXT:
+        return line
+    cut = line[:MAX_EVENT_TEXT]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > 0 else "") + " …"
 
 
 def outcome(

@@ -625,15 +625,16 @@ class SQLiteStore:
         _check_times(at=attempt.at)
         wanted = normalise_address(recipient)
         with self._transaction(f"recording a report on {message_id}") as db:
-            # Not a message a worker has in hand (its result would come after the bounce
-            # and contradict it), not a recipient already final for another reason
+            # Not a pending recipient of a message a worker has in hand (its result would
+            # come after the bounce and contradict it; a delivered one is no worker's
+            # business any more), not a recipient already final for another reason
             # (suppressed, invalid, bounced: its first reason stands; a replayed report
             # changes nothing).
             rows = db.execute(
                 "SELECT r.key, r.recipient, r.wire FROM recipients AS r JOIN messages AS m "
                 "ON m.key = r.message_key WHERE m.message_id = ? "
                 "AND r.state IN ('delivered', 'deferred', 'held') "
-                "AND (m.lease_until IS NULL OR m.lease_until <= ?)",
+                "AND (r.state = 'delivered' OR m.lease_until IS NULL OR m.lease_until <= ?)",
                 (message_id, attempt.at),
             ).fetchall()
             keys = [

@@ -70,6 +70,15 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         self.create_backend().send_messages([email])
         assert self.get_the_message()["To"] == "Jürgen Ł <j@example.org>"
 
+    def test_mailpolicy_a_long_unicode_name_beside_a_unicode_domain(self) -> None:
+        """A long non-ASCII display name was folded before the header policy saw it, which
+        refuses line breaks: the send raised, even with fail_silently (fourth review)."""
+        name = "Jürgen Ölsen-Müllerstraße von und zu Großherzogtum Württemberg-Hohenzollern"
+        email = EmailMessage(to=["bob@example.org"], reply_to=[f"{name} <help@straße.example>"])
+        assert self.create_backend().send_messages([email]) == 1
+        message = self.get_the_message()
+        assert message["Reply-To"] == f"{name} <help@xn--strae-oqa.example>"
+
     def test_mailpolicy_a_domain_only_idna_2003_writes_keeps_djangos_header(self) -> None:
         """bob@☃.example has no IDNA 2008 form: the header stays Django's, the send goes
         on for the others (the rewrite raised UnicodeEncodeError: third diff review)."""

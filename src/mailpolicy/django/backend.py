@@ -94,10 +94,15 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
         if not value or value.isascii() or header not in built:
             continue
         rendered = _rendered_with_a_labels(value, encoding)
-        if rendered is not None:
-            del built[header]
+        if rendered is None:
+            continue
+        original = built[header]
+        del built[header]
+        try:
             # Message's own __setitem__: Django's SafeMIME one would convert it again.
             Message.__setitem__(built, header, rendered)
+        except (ValueError, UnicodeError):  # the header policy refused it: keep Django's
+            Message.__setitem__(built, header, original)
 
 
 def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
@@ -116,8 +121,9 @@ def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
         try:
             if wire is not None:
                 converted = True
-                shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
-                rendered.append(email.utils.formataddr((shown, wire)))
+                # formataddr writes a Unicode name as one encoded-word, unfolded: the
+                # header's policy folds the whole header (a folded name is refused).
+                rendered.append(email.utils.formataddr((name, wire)))
             elif _MODERN:
                 rendered.append(email.utils.formataddr((name, addr)))
             else:
