@@ -89,19 +89,20 @@ _STDLIB: Final = structlog.wrap_logger(
 def _structlog_configured() -> bool:
     """Whether the application configured structlog: ``is_configured()``, unless the
     configuration is structlog's built-in default again (``capture_logs()`` leaves
-    ``is_configured()`` True for good after putting the defaults back)."""
+    ``is_configured()`` True for good after putting the defaults back). Read from
+    structlog's configuration object directly: ``get_config()`` copies it, per event."""
     if not structlog.is_configured():
         return False
     try:
         from structlog import _config as builtin  # noqa: PLC0415 - private, hence guarded
 
-        config = structlog.get_config()
+        config = builtin._CONFIG
         return not (
-            config["logger_factory"] is builtin._BUILTIN_DEFAULT_LOGGER_FACTORY
-            and config["wrapper_class"] is builtin._BUILTIN_DEFAULT_WRAPPER_CLASS
-            and config["processors"] == list(builtin._BUILTIN_DEFAULT_PROCESSORS)
+            config.logger_factory is builtin._BUILTIN_DEFAULT_LOGGER_FACTORY
+            and config.default_wrapper_class is builtin._BUILTIN_DEFAULT_WRAPPER_CLASS
+            and config.default_processors == builtin._BUILTIN_DEFAULT_PROCESSORS
         )
-    except (ImportError, AttributeError, KeyError):  # another structlog: trust the flag
+    except (ImportError, AttributeError):  # another structlog: trust the flag
         return True
 
 
@@ -174,14 +175,17 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     line = " ".join(text.split())[: MAX_EVENT_TEXT * 4]
     if style == "full" or "@" not in address:
         return _cut(line)
+    local = unicodedata.normalize("NFC", address.rpartition("@")[0])
+    echoes_local = len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS
+    if "@" not in line and not (echoes_local and local.lower() in line.lower()):
+        return _cut(line)  # nothing that can name the recipient (the common "250 OK")
     wanted = _mailbox_key(address)
     shown = show_recipient(address, style)
     # First the address as given, literally (a quoted local part, an address literal:
     # forms no token pattern takes whole), where it stands alone: not the tail of
     # "joann@..." nor the head of "ann@example.org.evil.net"; "to=ann@...", "ann@...'s"
     # and "ann@...?" are the address.
-    alone_address = re.compile(rf"(?<![\w.+-]){re.escape(address)}(?!\.?[\w-])", re.IGNORECASE)
-    line = alone_address.sub(lambda m: shown, line)
+    line = _replace_alone(line, address, shown, before=".+-", after="-", dot_then_word=True)
 
     def mask(m: re.Match[str]) -> str:
         # Then every other spelling, token by token. A token may carry what is not the
@@ -198,11 +202,58 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
 
     if "@" in line:
         line = _ADDRESS_TOKEN.sub(mask, line)
-    local = unicodedata.normalize("NFC", address.rpartition("@")[0])
-    if len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS:
-        alone = re.compile(rf"(?<![\w.@-]){re.escape(local)}(?![\w@-])", re.IGNORECASE)
-        line = alone.sub("***", unicodedata.normalize("NFC", line))
+    if echoes_local:
+        if not line.isascii():
+            line = unicodedata.normalize("NFC", line)
+        line = _replace_alone(line, local, "***", before=".@-", after="@-")
     return _cut(line)
+
+
+def _replace_alone(
+    line: str,
+    needle: str,
+    replacement: str,
+    *,
+    before: str,
+    after: str,
+    dot_then_word: bool = False,
+) -> str:
+    """``line`` with each case-insensitive occurrence of ``needle`` that stands alone
+    replaced: no word character and none of ``before`` right before it, none and none of
+    ``after`` right after it (with ``dot_then_word``, nor a full stop followed by one:
+    "ann@example.org.evil.net"). Plain string search: a pattern compiled per recipient
+    cost a tenth of a millisecond per event."""
+    lowered, target = line.lower(), needle.lower()
+    if not target or target not in lowered:
+        return line
+    if len(lowered) != len(line):  # a case mapping that changes lengths: the slow way
+        word = rf"[\w{re.escape(after)}]"
+        tail = rf"(?!\.?{word})" if dot_then_word else rf"(?!{word})"
+        pattern = rf"(?<![\w{re.escape(before)}]){re.escape(needle)}{tail}"
+        return re.sub(pattern, lambda m: replacement, line, flags=re.IGNORECASE)
+
+    def word_char(ch: str, extra: str) -> bool:
+        return ch.isalnum() or ch == "_" or ch in extra
+
+    out: list[str] = []
+    done = 0
+    found = lowered.find(target)
+    while found != -1:
+        end = found + len(target)
+        nxt = line[end : end + 1]
+        alone = (found == 0 or not word_char(line[found - 1], before)) and not (
+            nxt and word_char(nxt, after)
+        )
+        if alone and dot_then_word and nxt == ".":
+            following = line[end + 1 : end + 2]
+            alone = not (following and word_char(following, after))
+        if alone:
+            out.append(line[done:found])
+            out.append(replacement)
+            done = end
+        found = lowered.find(target, end if alone else found + 1)
+    out.append(line[done:])
+    return "".join(out)
 
 
 def _cut(line: str) -> str:
