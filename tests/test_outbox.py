@@ -448,6 +448,14 @@ def test_a_later_bounce_message_is_recorded_in_the_outbox(
     assert other.recorded is False  # not a message of this outbox
 
 
+def _soft_sender(server: SMTPTestServer, store: Store, clock: FakeClock, tmp_path: Path) -> Sender:
+    return Sender(
+        server.host, server.port, security="none", store=store,
+        policy=_soft_policy(tmp_path), clock=clock.time, monotonic=clock.now,
+        sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
+    )  # fmt: skip
+
+
 def test_soft_bounces_escalate_to_suppression(
     smtp_server: SMTPTestServer, tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -455,12 +463,7 @@ def test_soft_bounces_escalate_to_suppression(
     window put the address on the list (a policy with a limit of 3)."""
     store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
     smtp_server.script.rcpt("carl@example.org", *["552 5.2.2 Mailbox full"] * 3)
-    sender = Sender(
-        smtp_server.host, smtp_server.port, security="none", store=store,
-        policy=_soft_policy(tmp_path), clock=clock.time, monotonic=clock.now,
-        sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
-    )  # fmt: skip
-    with sender:
+    with _soft_sender(smtp_server, store, clock, tmp_path) as sender:
         states = [sender.send(message("carl@example.org")).outcomes[0].state for _ in range(4)]
     store.close()
     assert states == ["bounced", "bounced", "bounced", "suppressed"]
@@ -475,12 +478,7 @@ def test_one_message_retried_on_a_full_mailbox_counts_one_soft_bounce(
     retry: with a limit of 3 the address is not listed, and the next message goes out."""
     store = open_store(f"sqlite:///{tmp_path / 's.sqlite3'}")
     smtp_server.script.rcpt("carl@example.org", *["452 4.2.2 Mailbox full"] * 200)
-    sender = Sender(
-        smtp_server.host, smtp_server.port, security="none", store=store,
-        policy=_soft_policy(tmp_path), clock=clock.time, monotonic=clock.now,
-        sleep=clock.sleep, relays=RelayRegistry(), local_hostname="client.test",
-    )  # fmt: skip
-    with sender:
+    with _soft_sender(smtp_server, store, clock, tmp_path) as sender:
         assert sender.send(message("carl@example.org")).outcomes[0].state == "deferred"
     worker = Worker(
         store, smtp_server.host, smtp_server.port, security="none",
