@@ -273,6 +273,13 @@ def test_unicode_domains_in_the_headers_are_idna_2008_too(site: SMTPTestServer) 
     assert mixed.send() == 1
     to = site.messages[1].parsed()["To"]
     assert [a.addr_spec for a in to.addresses][1] == "ann@xn--fa-hia.example"
+    # A long Unicode name is folded as Django folds it: no line over 998 octets, which
+    # servers refuse ("500 Line too long": fifth review).
+    long = message(f"{'Ü' * 400} <long@faß.example>")
+    assert long.send() == 1
+    head = site.messages[2].data.split(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    assert site.messages[2].parsed()["To"].addresses[0].addr_spec == "long@xn--fa-hia.example"
     # An empty group adds no empty entry; a domain nothing can write keeps Django's.
     from mailpolicy.django.backend import _rendered_with_a_labels
 

@@ -275,6 +275,11 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 recipient/ann@example.org?", "ann@example.org", "550 recipient/a***@example.org?"),
         ("550 {ann@example.org}", "ann@example.org", "550 {a***@example.org}"),
         ("550 '\"john doe\"@example.org'", '"john doe"@example.org', "550 '\"***@example.org'"),
+        # an apostrophe in the local part, quoted in another spelling; an NFD echo alone
+        ("550 <o'brien@xn--mnchen-3ya.example>", "o'brien@münchen.example",
+         "550 <o***@münchen.example>"),
+        ("550 mailbox ju\u0308rgen.smith unknown", "jürgen.smith@example.org",
+         "550 mailbox *** unknown"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(
@@ -297,3 +302,5 @@ def test_a_long_reply_is_cut_on_a_word_boundary_after_masking() -> None:
     cut = shown_text(long, "q" * 64 + "@example.org", "full")
     assert len(cut) <= MAX_EVENT_TEXT
     assert cut.endswith("word …")
+    exact = "550 " + "w" * (MAX_EVENT_TEXT - 7) + " tail"  # a space right at the cut
+    assert len(shown_text(exact, "a@b.example", "full")) <= MAX_EVENT_TEXT

@@ -140,6 +140,8 @@ def delivery(state: str, **fields: Any) -> None:
 
 #: Characters of the server's reply an event carries (the outcome keeps it whole).
 MAX_EVENT_TEXT: Final = 300
+#: Characters of a reply looked at for the event at all (a 1 MB reply costs no more).
+_MAX_SCANNED: Final = 16 * MAX_EVENT_TEXT
 
 
 #: An address as servers quote it (inside <>, after "TO:", in prose): what is between
@@ -172,9 +174,11 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     local part alone ("mailbox ann.smith does not exist") masked too."""
     # One line first (linear), then cut with room for what masking removes: the token
     # pattern costs more than linear time on a long run without a separator.
-    line = " ".join(text.split())[: MAX_EVENT_TEXT * 4]
+    line = " ".join(text[:_MAX_SCANNED].split())[: MAX_EVENT_TEXT * 4]
     if style == "full" or "@" not in address:
         return _cut(line)
+    if not line.isascii():
+        line = unicodedata.normalize("NFC", line)  # as the address is compared below
     local = unicodedata.normalize("NFC", address.rpartition("@")[0])
     echoes_local = len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS
     if "@" not in line and not (echoes_local and local.lower() in line.lower()):
@@ -192,19 +196,20 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
         # address: "to=", "recipient/", quotes, "{...}", a full stop, "'s", "?".
         token = m.group()
         at = token.index("@")
-        start = max(token.rfind(c, 0, at) for c in _BEFORE_LOCAL) + 1
-        core = token[start:].rstrip(_AFTER_DOMAIN)
-        if core.endswith("'s"):
-            core = core[:-2].rstrip(_AFTER_DOMAIN)
-        if not core or _mailbox_key(core) != wanted:
-            return token
-        return token[:start] + shown + token[start + len(core) :]
+        # The local part starts at the token's start or after one of those characters
+        # ("o'brien@" is an address, "to=ann@" holds one): try each, longest first.
+        starts = [0, *(i + 1 for i, c in enumerate(token[:at]) if c in _BEFORE_LOCAL)]
+        for start in starts:
+            core = token[start:].rstrip(_AFTER_DOMAIN)
+            if core.endswith("'s"):
+                core = core[:-2].rstrip(_AFTER_DOMAIN)
+            if core and _mailbox_key(core) == wanted:
+                return token[:start] + shown + token[start + len(core) :]
+        return token
 
     if "@" in line:
         line = _ADDRESS_TOKEN.sub(mask, line)
     if echoes_local:
-        if not line.isascii():
-            line = unicodedata.normalize("NFC", line)
         line = _replace_alone(line, local, "***", before=".@-", after="@-")
     return _cut(line)
 
@@ -261,9 +266,12 @@ def _cut(line: str) -> str:
     piece of an address would otherwise survive the masking)."""
     if len(line) <= MAX_EVENT_TEXT:
         return line
-    cut = line[:MAX_EVENT_TEXT]
+    keep = MAX_EVENT_TEXT - 2  # room for " …"
+    cut = line[:keep]
     space = cut.rfind(" ")
-    return (cut[:space] if space > 0 else "") + " …"
+    if line[keep] != " " and space > 0:  # a word runs on past the cut: drop its piece
+        cut = cut[:space]
+    return cut + " …"
 
 
 def outcome(

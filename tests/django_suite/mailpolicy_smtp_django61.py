@@ -79,6 +79,16 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         message = self.get_the_message()
         assert message["Reply-To"] == f"{name} <help@xn--strae-oqa.example>"
 
+    def test_mailpolicy_a_comma_in_a_unicode_name_stays_in_the_name(self) -> None:
+        """The rewrite wrote "Smith, =?utf-8?...?= <j@...>": two addresses (fifth review)."""
+        email = EmailMessage(to=['"Smith, Jürgen" <j@münchen.example>'])
+        self.create_backend().send_messages([email])
+        (address,) = self.get_the_message()["To"].addresses
+        assert (address.display_name, address.addr_spec) == (
+            "Smith, Jürgen",
+            "j@xn--mnchen-3ya.example",
+        )
+
     def test_mailpolicy_a_domain_only_idna_2003_writes_keeps_djangos_header(self) -> None:
         """bob@☃.example has no IDNA 2008 form: the header stays Django's, the send goes
         on for the others (the rewrite raised UnicodeEncodeError: third diff review)."""

@@ -17,6 +17,7 @@ Django does (once, no retries) and hands the smtplib object to a
 from __future__ import annotations
 
 import email.header
+import email.headerregistry
 import email.policy
 import email.utils
 import smtplib
@@ -105,6 +106,19 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
             Message.__setitem__(built, header, original)
 
 
+def _one_address(name: str, addr_spec: str) -> str:
+    """One address for a header Django built. On 6.1 (a modern message) as the email
+    package writes it: the policy encodes and folds a Unicode name when it serialises
+    (quoted here, so a comma in it stays part of the name; a pre-folded encoded-word
+    is refused). On 5.2 (compat32, which writes header values as they are) the name is
+    encoded and folded now, as Django's own SafeMIME headers are: RFC 2047 words of at
+    most 75 characters and no line over 998."""
+    if _MODERN:
+        return str(email.headerregistry.Address(display_name=name, addr_spec=addr_spec))
+    shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
+    return email.utils.formataddr((shown, addr_spec))
+
+
 def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
     """An address header's value with each Unicode domain as IDNA 2008 A-labels; None
     when no address has one that converts, or when another address cannot be rendered
@@ -121,11 +135,9 @@ def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
         try:
             if wire is not None:
                 converted = True
-                # formataddr writes a Unicode name as one encoded-word, unfolded: the
-                # header's policy folds the whole header (a folded name is refused).
-                rendered.append(email.utils.formataddr((name, wire)))
+                rendered.append(_one_address(name, wire))
             elif _MODERN:
-                rendered.append(email.utils.formataddr((name, addr)))
+                rendered.append(_one_address(name, addr))
             else:
                 rendered.append(sanitize_address((name, addr), encoding))
         except (UnicodeError, ValueError):  # a domain not even IDNA 2003 can write
