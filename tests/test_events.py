@@ -280,6 +280,9 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
          "550 <o***@münchen.example>"),
         ("550 mailbox ju\u0308rgen.smith unknown", "jürgen.smith@example.org",
          "550 mailbox *** unknown"),
+        # the local part before another domain (an alias rewritten by the server)
+        ("550 <ann.smith@mail.example.org>", "ann.smith@example.org",
+         "550 <***@mail.example.org>"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(
@@ -304,3 +307,6 @@ def test_a_long_reply_is_cut_on_a_word_boundary_after_masking() -> None:
     assert cut.endswith("word …")
     exact = "550 " + "w" * (MAX_EVENT_TEXT - 7) + " tail"  # a space right at the cut
     assert len(shown_text(exact, "a@b.example", "full")) <= MAX_EVENT_TEXT
+    # A cut of the raw text inside an address drops the piece (sixth review).
+    newlines = "550 " + "\n" * 4790 + "ann.smith@example.org unknown"
+    assert shown_text(newlines, "ann.smith@example.org", "mask") == "550"

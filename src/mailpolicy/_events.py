@@ -142,6 +142,8 @@ def delivery(state: str, **fields: Any) -> None:
 MAX_EVENT_TEXT: Final = 300
 #: Characters of a reply looked at for the event at all (a 1 MB reply costs no more).
 _MAX_SCANNED: Final = 16 * MAX_EVENT_TEXT
+#: RFC 5321 §4.5.3.1.1: a local part has at most 64 octets.
+_MAX_LOCAL: Final = 64
 
 
 #: An address as servers quote it (inside <>, after "TO:", in prose): what is between
@@ -159,6 +161,11 @@ _GENERIC_LOCAL_PARTS: Final = frozenset(
 )  # fmt: skip
 
 
+def _local_key(local: str) -> str:
+    """A local part as :func:`_mailbox_key` writes it: NFC, lower-cased, case-folded."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower()).casefold()
+
+
 def _mailbox_key(address: str) -> str:
     """One form for every spelling of a mailbox: NFC, case-folded, the domain as its
     A-label, no trailing dot (a server may quote what it got in another form)."""
@@ -174,7 +181,7 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     local part alone ("mailbox ann.smith does not exist") masked too."""
     # One line first (linear), then cut with room for what masking removes: the token
     # pattern costs more than linear time on a long run without a separator.
-    line = " ".join(text[:_MAX_SCANNED].split())[: MAX_EVENT_TEXT * 4]
+    line = _whole_words(" ".join(_whole_words(text, _MAX_SCANNED).split()), MAX_EVENT_TEXT * 4)
     if style == "full" or "@" not in address:
         return _cut(line)
     if not line.isascii():
@@ -183,7 +190,7 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     echoes_local = len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS
     if "@" not in line and not (echoes_local and local.lower() in line.lower()):
         return _cut(line)  # nothing that can name the recipient (the common "250 OK")
-    wanted = _mailbox_key(address)
+    wanted_local, _, wanted_domain = _mailbox_key(address).rpartition("@")
     shown = show_recipient(address, style)
     # First the address as given, literally (a quoted local part, an address literal:
     # forms no token pattern takes whole), where it stands alone: not the tail of
@@ -196,22 +203,42 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
         # address: "to=", "recipient/", quotes, "{...}", a full stop, "'s", "?".
         token = m.group()
         at = token.index("@")
+        domain = token[at + 1 :].rstrip(_AFTER_DOMAIN)
+        if domain.endswith("'s"):
+            domain = domain[:-2].rstrip(_AFTER_DOMAIN)
+        if not domain or _mailbox_key("x@" + domain).rpartition("@")[2] != wanted_domain:
+            return token  # the domain once per token: not per place a local part may start
         # The local part starts at the token's start or after one of those characters
-        # ("o'brien@" is an address, "to=ann@" holds one): try each, longest first.
-        starts = [0, *(i + 1 for i, c in enumerate(token[:at]) if c in _BEFORE_LOCAL)]
+        # ("o'brien@" is an address, "to=ann@" holds one): try each, longest first,
+        # within a local part's length (RFC 5321: 64 octets) of the "@".
+        # Normal forms and case folding change a length by at most a factor of three:
+        # candidates of any other length are not compared.
+        shortest, longest = max(1, len(wanted_local) // 3), 3 * len(wanted_local) + 3
+        first = max(0, at - min(longest, 4 * _MAX_LOCAL))
+        starts = [first] + [i + 1 for i in range(first, at) if token[i] in _BEFORE_LOCAL]
         for start in starts:
-            core = token[start:].rstrip(_AFTER_DOMAIN)
-            if core.endswith("'s"):
-                core = core[:-2].rstrip(_AFTER_DOMAIN)
-            if core and _mailbox_key(core) == wanted:
-                return token[:start] + shown + token[start + len(core) :]
+            if at - start >= shortest and _local_key(token[start:at]) == wanted_local:
+                return token[:start] + shown + token[at + 1 + len(domain) :]
         return token
 
     if "@" in line:
         line = _ADDRESS_TOKEN.sub(mask, line)
     if echoes_local:
-        line = _replace_alone(line, local, "***", before=".@-", after="@-")
+        # Also before another domain: "ann.smith@mail.example.org", an alias's rewrite.
+        line = _replace_alone(line, local, "***", before=".@-", after="-")
     return _cut(line)
+
+
+def _whole_words(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, without the piece of a word the cut split
+    (a piece of an address would not be recognised, and could be shown)."""
+    if len(text) <= limit:
+        return text
+    piece = text[:limit]
+    if text[limit].isspace():
+        return piece
+    space = max(piece.rfind(c) for c in " \t\r\n")
+    return piece[:space] if space > 0 else piece
 
 
 def _replace_alone(

@@ -89,6 +89,19 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
             "j@xn--mnchen-3ya.example",
         )
 
+    def test_mailpolicy_a_header_the_address_classes_refuse_keeps_djangos(self) -> None:
+        """An address headerregistry refuses ("@x.org": HeaderParseError, not a
+        ValueError) or getaddresses cannot read ("x@[127.0.0.1]" on 3.13) beside a
+        Unicode domain: Django's header is kept and the send goes on (sixth review)."""
+        email = EmailMessage(to=["bob@example.org"], reply_to=["Ann <help@faß.example>", "@x.org"])
+        assert self.create_backend().send_messages([email]) == 1
+        literal = EmailMessage(to=["bob@example.org"], headers={
+            "Cc": "ann@faß.example, x@[127.0.0.1]"
+        })  # fmt: skip
+        self.flush_mailbox()
+        assert self.create_backend().send_messages([literal]) == 1
+        assert "127.0.0.1" in str(self.get_the_message()["Cc"])
+
     def test_mailpolicy_a_domain_only_idna_2003_writes_keeps_djangos_header(self) -> None:
         """bob@☃.example has no IDNA 2008 form: the header stays Django's, the send goes
         on for the others (the rewrite raised UnicodeEncodeError: third diff review)."""

@@ -20,6 +20,7 @@ import email.header
 import email.headerregistry
 import email.policy
 import email.utils
+import re
 import smtplib
 import ssl
 from collections.abc import Iterable
@@ -102,8 +103,11 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
         try:
             # Message's own __setitem__: Django's SafeMIME one would convert it again.
             Message.__setitem__(built, header, rendered)
-        except (ValueError, UnicodeError):  # the header policy refused it: keep Django's
+        except Exception:  # the header policy refused it (any error): keep Django's
             Message.__setitem__(built, header, original)
+
+
+_EMPTY_GROUP: Final = re.compile(r":\s*;")
 
 
 def _one_address(name: str, addr_spec: str) -> str:
@@ -125,8 +129,10 @@ def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
     (Django's own header is then kept whole: better its IDNA 2003 than no mail)."""
     rendered, converted = [], False
     for name, addr in email.utils.getaddresses([value]):
-        if not addr:  # an empty group ("undisclosed-recipients:;") adds no address
-            continue
+        if not addr:
+            if _EMPTY_GROUP.search(value):  # "undisclosed-recipients:;" adds no address
+                continue
+            return None  # an address getaddresses could not read ("x@[127.0.0.1]")
         local, at, domain = addr.rpartition("@")
         wire = None
         if at and local and local.isascii() and not domain.isascii():
@@ -140,8 +146,8 @@ def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
                 rendered.append(_one_address(name, addr))
             else:
                 rendered.append(sanitize_address((name, addr), encoding))
-        except (UnicodeError, ValueError):  # a domain not even IDNA 2003 can write
-            return None
+        except Exception:  # a domain not even IDNA 2003 writes, a name or address the
+            return None  # header classes refuse (any error): keep Django's header
     return ", ".join(rendered) if converted else None
 
 
