@@ -280,6 +280,12 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
          "550 <o***@münchen.example>"),
         ("550 mailbox ju\u0308rgen.smith unknown", "jürgen.smith@example.org",
          "550 mailbox *** unknown"),
+        # typographic quotes, a trailing hyphen, two addresses joined by "/"
+        ("550 \u2018ann@xn--mnchen-3ya.example\u2019", "ann@münchen.example",
+         "550 \u2018a***@münchen.example\u2019"),
+        ("550 ann@XN--MNCHEN-3YA.example-", "ann@münchen.example", "550 a***@münchen.example-"),
+        ("550 bob@x.org/ann@xn--mnchen-3ya.example", "ann@münchen.example",
+         "550 bob@x.org/a***@münchen.example"),
         # the local part before another domain (an alias rewritten by the server)
         ("550 <ann.smith@mail.example.org>", "ann.smith@example.org",
          "550 <***@mail.example.org>"),
@@ -308,5 +314,6 @@ def test_a_long_reply_is_cut_on_a_word_boundary_after_masking() -> None:
     exact = "550 " + "w" * (MAX_EVENT_TEXT - 7) + " tail"  # a space right at the cut
     assert len(shown_text(exact, "a@b.example", "full")) <= MAX_EVENT_TEXT
     # A cut of the raw text inside an address drops the piece (sixth review).
-    newlines = "550 " + "\n" * 4790 + "ann.smith@example.org unknown"
-    assert shown_text(newlines, "ann.smith@example.org", "mask") == "550"
+    for blank in ("\n", "\xa0", "\x0b"):  # any whitespace str.split() splits on
+        padded = "550 " + blank * 4790 + "ann.smith@example.org unknown"
+        assert shown_text(padded, "ann.smith@example.org", "mask") == "550"

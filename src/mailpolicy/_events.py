@@ -148,11 +148,12 @@ _MAX_LOCAL: Final = 64
 
 #: An address as servers quote it (inside <>, after "TO:", in prose): what is between
 #: separators on both sides of an "@" (RFC 5322 atext allows ' { } ` in a local part).
-_SEPARATORS: Final = r"\s<>()\[\]\",;:"
-#: What may stand before a local part inside a token ("to=", "recipient/", quotes, "{").
-_BEFORE_LOCAL: Final = "=/{'`"
-#: What may follow the domain inside a token (a full stop, quotes, "}", "?", "!").
-_AFTER_DOMAIN: Final = ".'`}?!"
+#: (Typographic quotes and guillemets too, written as escapes the regex reads.)
+_SEPARATORS: Final = r"\s<>()\[\]\",;:/|\u201c\u201d\u2018\u2019\u00ab\u00bb"
+#: What may stand before a local part inside a token ("to=", quotes, "{").
+_BEFORE_LOCAL: Final = "={'`"
+#: What may follow the domain inside a token (a full stop, quotes, "}", "?", "!", "-").
+_AFTER_DOMAIN: Final = ".'`}?!-"
 _ADDRESS_TOKEN: Final = re.compile(rf"[^{_SEPARATORS}]+@[^{_SEPARATORS}]+")
 #: Local parts too common to be anyone's: an echo of one alone stays readable.
 _GENERIC_LOCAL_PARTS: Final = frozenset(
@@ -237,7 +238,9 @@ def _whole_words(text: str, limit: int) -> str:
     piece = text[:limit]
     if text[limit].isspace():
         return piece
-    space = max(piece.rfind(c) for c in " \t\r\n")
+    space = len(piece) - 1  # back to the last whitespace, of any kind str.split() splits on
+    while space >= 0 and not piece[space].isspace():
+        space -= 1
     return piece[:space] if space > 0 else piece
 
 

@@ -101,6 +101,13 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         self.flush_mailbox()
         assert self.create_backend().send_messages([literal]) == 1
         assert "127.0.0.1" in str(self.get_the_message()["Cc"])
+        # ... also beside an empty group, which alone may be skipped (seventh review).
+        grouped = EmailMessage(to=["bob@example.org"], headers={
+            "Cc": "undisclosed-recipients:;, x@[127.0.0.1], ann@faß.example"
+        })  # fmt: skip
+        self.flush_mailbox()
+        assert self.create_backend().send_messages([grouped]) == 1
+        assert "127.0.0.1" in str(self.get_the_message()["Cc"])
 
     def test_mailpolicy_a_domain_only_idna_2003_writes_keeps_djangos_header(self) -> None:
         """bob@☃.example has no IDNA 2008 form: the header stays Django's, the send goes

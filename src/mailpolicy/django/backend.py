@@ -128,9 +128,11 @@ def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
     when no address has one that converts, or when another address cannot be rendered
     (Django's own header is then kept whole: better its IDNA 2003 than no mail)."""
     rendered, converted = [], False
+    groups = len(_EMPTY_GROUP.findall(value))  # "undisclosed-recipients:;" adds no address
     for name, addr in email.utils.getaddresses([value]):
         if not addr:
-            if _EMPTY_GROUP.search(value):  # "undisclosed-recipients:;" adds no address
+            if groups:
+                groups -= 1
                 continue
             return None  # an address getaddresses could not read ("x@[127.0.0.1]")
         local, at, domain = addr.rpartition("@")
