@@ -22,8 +22,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from . import _events as events
 from ._address import CheckedAddress, check_address, check_address_cached
 from ._classify import Verdict, decide_on
@@ -44,7 +42,7 @@ from ._session import (
     Session,
     StageError,
 )
-from ._store import Attempt, NewRecipient, Store, StoreBusyError, StoreError, open_store
+from ._store import NewRecipient, Store, StoreError, attempt_of, busy_retrying, open_store
 from ._vocab import DEAD_ADDRESS_REASONS, Kind, Reason, Scope, Stage, as_reason
 
 #: Tries at a store write while the database stays locked, inside send().
@@ -464,10 +462,7 @@ class Sender:
             records = []
             for recipient in prepared.recipients:
                 o = outcomes[recipient]
-                attempt = Attempt(
-                    at=now, state=o.state, reason=o.reason, code=o.code, status=o.status,
-                    text=o.text, rule=o.rule, action=o.action, ambiguous=o.ambiguous,
-                )  # fmt: skip
+                attempt = attempt_of(o, now)
                 pending_state = o.state in ("deferred", "held")
                 records.append(
                     NewRecipient(
@@ -510,13 +505,10 @@ class Sender:
         """``write`` with a few tries while the database stays locked (StoreBusyError):
         waits of 0.5, 1 and 2 s on the injected sleep, each try itself waiting up to the
         store's busy timeout."""
-        return Retrying(
-            retry=retry_if_exception_type(StoreBusyError),
-            stop=stop_after_attempt(STORE_WRITE_ATTEMPTS),
-            wait=wait_exponential(multiplier=0.5, max=2),
-            sleep=self._sleep,
-            reraise=True,
-        )(write, *args, **kwargs)
+        retrying = busy_retrying(
+            self._sleep, attempts=STORE_WRITE_ATTEMPTS, multiplier=0.5, max_wait=2
+        )
+        return retrying(write, *args, **kwargs)
 
     def _suppression_for(self, address: str) -> SuppressionSettings:
         """The ``[suppression]`` settings for an address: its destination's, if any."""

@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,11 +34,18 @@ from typing import Any, Final, Literal, Protocol, Self, runtime_checkable
 from urllib.parse import parse_qsl, unquote
 
 import idna
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from ._address import a_label
 from ._errors import InvalidInputError, MailPolicyError
 from ._message import PreparedMessage
-from ._outcome import DeliveryReport, State
+from ._outcome import DeliveryReport, RecipientOutcome, State
 from ._vocab import Reason
 
 
@@ -168,6 +175,42 @@ class RecipientUpdate:
     next_attempt_at: float | None = None
     attempt: Attempt | None = None
     if_updated_at: float | None = None
+
+
+def attempt_of(o: RecipientOutcome, at: float) -> Attempt:
+    """The journal row of an attempt that ended in outcome ``o`` at ``at``."""
+    return Attempt(
+        at=at,
+        state=o.state,
+        reason=o.reason,
+        code=o.code,
+        status=o.status,
+        text=o.text,
+        rule=o.rule,
+        action=o.action,
+        ambiguous=o.ambiguous,
+    )
+
+
+def busy_retrying(
+    sleep: Callable[[float], None],
+    *,
+    attempts: int,
+    multiplier: float,
+    max_wait: float,
+    before_sleep: Callable[[RetryCallState], None] | None = None,
+) -> Retrying:
+    """Tries at a store call while the database stays locked past its busy timeout
+    (:class:`StoreBusyError`), waits growing exponentially on the injected ``sleep``;
+    any other error, or the last one, is raised."""
+    return Retrying(
+        retry=retry_if_exception_type(StoreBusyError),
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=multiplier, max=max_wait),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

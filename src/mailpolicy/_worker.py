@@ -24,8 +24,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
 from . import _events as events
 from ._address import check_address
 from ._errors import InvalidInputError, MailPolicyError
@@ -37,13 +35,13 @@ from ._relaystate import RELAYS, RelayRegistry, RelayState
 from ._sender import Sender, _Pending
 from ._session import Security
 from ._store import (
-    Attempt,
     AttemptRecord,
     Claim,
     RecipientUpdate,
     Store,
-    StoreBusyError,
     StoreError,
+    attempt_of,
+    busy_retrying,
     lease_owner,
 )
 from ._vocab import as_reason
@@ -101,19 +99,7 @@ def _prepared(claim: Claim) -> PreparedMessage:
 def _update(key: int, o: RecipientOutcome, *, attempted_at: float | None = None) -> RecipientUpdate:
     """The store update for one recipient's outcome; with ``attempted_at``, an attempt
     was spent and goes to the journal."""
-    attempt = None
-    if attempted_at is not None:
-        attempt = Attempt(
-            at=attempted_at,
-            state=o.state,
-            reason=o.reason,
-            code=o.code,
-            status=o.status,
-            text=o.text,
-            rule=o.rule,
-            action=o.action,
-            ambiguous=o.ambiguous,
-        )
+    attempt = None if attempted_at is None else attempt_of(o, attempted_at)
     return RecipientUpdate(
         key=key,
         state=o.state,
@@ -430,13 +416,7 @@ class Worker:
         envelope = check_address(prepared.envelope_from, mode="off")
         smtputf8 = prepared.smtputf8 or envelope.smtputf8  # an IDN domain alone needs none
         held = [claim]  # the claim as last renewed (its lease_until is its token)
-        renewing = Retrying(
-            retry=retry_if_exception_type(StoreBusyError),
-            stop=stop_after_attempt(RENEW_ATTEMPTS),
-            wait=wait_exponential(multiplier=1, max=4),
-            sleep=self._sleep,
-            reraise=True,
-        )
+        renewing = busy_retrying(self._sleep, attempts=RENEW_ATTEMPTS, multiplier=1, max_wait=4)
 
         def heartbeat() -> bool:
             # A delivery may take several transactions (a server taking one recipient
@@ -507,18 +487,17 @@ class Worker:
         # The server has answered: what it said must not be lost to a briefly locked
         # database (a backup, a purge, the web application saving), or the message would
         # be sent again once the lease expires. Retry on the injected sleep.
-        recording = Retrying(
-            retry=retry_if_exception_type(StoreBusyError),
-            stop=stop_after_attempt(RECORD_ATTEMPTS),
-            wait=wait_exponential(multiplier=1, max=30),
-            sleep=self._sleep,
+        recording = busy_retrying(
+            self._sleep,
+            attempts=RECORD_ATTEMPTS,
+            multiplier=1,
+            max_wait=30,
             before_sleep=lambda state: events.worker_store_busy(
                 message_id=claim.message.message_id,
                 worker=self.owner,
                 attempt=state.attempt_number,
                 error=str(state.outcome.exception()) if state.outcome else "",
             ),
-            reraise=True,
         )
         if not recording(self.store.record_attempt, claim, updates, now=now):
             self.stats.leases_lost += 1
