@@ -86,6 +86,14 @@ _STDLIB: Final = structlog.wrap_logger(
 )
 
 
+# structlog's private configuration module, imported once (not per event); None if a
+# structlog without it is installed.
+try:
+    from structlog import _config as _structlog_config
+except ImportError:  # pragma: no cover - structlog's layout changed
+    _structlog_config = None  # type: ignore[assignment]
+
+
 def _structlog_configured() -> bool:
     """Whether the application configured structlog: ``is_configured()``, unless the
     configuration is structlog's built-in default again (``capture_logs()`` leaves
@@ -93,16 +101,16 @@ def _structlog_configured() -> bool:
     structlog's configuration object directly: ``get_config()`` copies it, per event."""
     if not structlog.is_configured():
         return False
+    if _structlog_config is None:  # another structlog: trust the flag
+        return True
     try:
-        from structlog import _config as builtin  # noqa: PLC0415 - private, hence guarded
-
-        config = builtin._CONFIG
+        config = _structlog_config._CONFIG
         return not (
-            config.logger_factory is builtin._BUILTIN_DEFAULT_LOGGER_FACTORY
-            and config.default_wrapper_class is builtin._BUILTIN_DEFAULT_WRAPPER_CLASS
-            and config.default_processors == builtin._BUILTIN_DEFAULT_PROCESSORS
+            config.logger_factory is _structlog_config._BUILTIN_DEFAULT_LOGGER_FACTORY
+            and config.default_wrapper_class is _structlog_config._BUILTIN_DEFAULT_WRAPPER_CLASS
+            and config.default_processors == _structlog_config._BUILTIN_DEFAULT_PROCESSORS
         )
-    except (ImportError, AttributeError):  # another structlog: trust the flag
+    except AttributeError:  # another structlog: trust the flag
         return True
 
 
