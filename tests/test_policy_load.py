@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -315,3 +316,61 @@ def test_a_policy_with_rules_of_its_own_is_compiled_once(tmp_path: Path) -> None
     set with its own rules is built once per distinct set of rules, not per load."""
     path = write(tmp_path, "acme", _ACME)
     assert load_policy(path).classifier is load_policy(path).classifier
+
+
+# --- policies loaded by path are kept until their files change ----------------------------
+
+
+def test_a_policy_file_is_parsed_once_until_it_changes(tmp_path: Path) -> None:
+    """Django builds a backend, and loads its policy file, per send_mail: the same file
+    gives the same (immutable) policy object without being parsed again."""
+    path = write(tmp_path, "p", MINIMAL.format(name="p", extra="[inline]\nmax_attempts = 2\n"))
+    first = load_policy(path)
+    assert load_policy(path) is first
+    assert load_policy(str(path)) is first  # the same path as a str
+    # An edit of the same size, its time set apart: read again.
+    path.write_text(path.read_text("utf-8").replace("= 2", "= 4"), "utf-8")
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert load_policy(path).inline.max_attempts == 4
+
+
+def test_a_changed_parent_file_is_seen_through_the_cached_child(tmp_path: Path) -> None:
+    base = write(
+        tmp_path, "base", MINIMAL.format(name="base", extra="[inline]\nmax_attempts = 5\n")
+    )
+    child = write(tmp_path, "child", 'schema = 1\nname = "child"\nextends = "base.toml"\n')
+    assert load_policy(child).inline.max_attempts == 5
+    base.write_text(base.read_text("utf-8").replace("= 5", "= 3"), "utf-8")
+    st = base.stat()
+    os.utime(base, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert load_policy(child).inline.max_attempts == 3
+
+
+def test_a_policy_file_replaced_by_a_broken_or_no_file_is_an_error_again(tmp_path: Path) -> None:
+    path = write(tmp_path, "p", MINIMAL.format(name="p", extra=""))
+    load_policy(path)
+    path.write_text("schema = 1\nname = [\n", "utf-8")  # a new size: the cache is stale
+    with pytest.raises(PolicyError, match="invalid TOML"):
+        load_policy(path)
+    path.unlink()
+    with pytest.raises(PolicyError, match="cannot read the file"):
+        load_policy(path)
+
+
+def test_a_symlinked_policy_follows_its_target(tmp_path: Path) -> None:
+    """A Kubernetes ConfigMap swaps a symlink to a new directory: the new file counts."""
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    old = write(
+        tmp_path / "v1", "p", MINIMAL.format(name="p", extra="[inline]\nmax_attempts = 2\n")
+    )
+    new = write(
+        tmp_path / "v2", "p", MINIMAL.format(name="p", extra="[inline]\nmax_attempts = 4\n")
+    )
+    link = tmp_path / "p.toml"
+    link.symlink_to(old)
+    assert load_policy(link).inline.max_attempts == 2
+    link.unlink()
+    link.symlink_to(new)
+    assert load_policy(link).inline.max_attempts == 4

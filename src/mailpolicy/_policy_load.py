@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -277,7 +278,23 @@ def _path_file(path: Path, shown: str) -> _File:
     return _File(path, shown, path.stem, str(path.resolve()), path.parent)
 
 
-def _read(file: _File) -> dict[str, Any]:
+#: What identifies one version of a policy file: its resolved path, and the inode,
+#: size, modification and change times ``os.stat`` gave just before it was read.
+_Stamp = tuple[str, int, int, int, int]
+
+
+def _stamp(path: str) -> _Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read(file: _File, stamps: list[_Stamp | None] | None = None) -> dict[str, Any]:
+    if stamps is not None and file.directory is not None:
+        # Taken before reading: a file changed while it is read shows as changed later.
+        stamps.append(_stamp(file.key))
     try:
         data = file.resource.read_bytes()
     except OSError as exc:
@@ -294,8 +311,12 @@ def _is_path(reference: str) -> bool:
     return "/" in reference or os.sep in reference or reference.endswith(".toml")
 
 
-def _layers(file: _File, chain: tuple[_File, ...]) -> dict[str, Any]:
-    layer = _layer(_read(file), file.shown, file.stem)
+def _layers(
+    file: _File, chain: tuple[_File, ...], stamps: list[_Stamp | None] | None = None
+) -> dict[str, Any]:
+    """The merged layer of ``file`` and its ancestors; each policy file (not a shipped
+    one) read is stamped into ``stamps`` when given."""
+    layer = _layer(_read(file, stamps), file.shown, file.stem)
     parent_ref = layer["extends"]
     if parent_ref is None:
         return layer
@@ -315,7 +336,7 @@ def _layers(file: _File, chain: tuple[_File, ...]) -> dict[str, Any]:
         raise PolicyError(file.shown, "extends", f"cycle: {cycle}")
     if len(seen) > MAX_EXTENDS:
         raise PolicyError(file.shown, "extends", f"chains of more than {MAX_EXTENDS} extends")
-    return _merge(_layers(parent, seen), layer)
+    return _merge(_layers(parent, seen, stamps), layer)
 
 
 @functools.lru_cache(maxsize=16)
@@ -341,9 +362,31 @@ def load_policy(name_or_path: str | os.PathLike[str]) -> Policy:
     return _load_shipped(name_or_path)
 
 
+#: Policies loaded from files, by (resolved path, name shown in errors): the stamps of
+#: every file of the ``extends`` chain, and the policy. Django builds a backend, and so
+#: loads its policy file, for every ``send_mail``; parsing and validating costs about a
+#: millisecond, checking the stamps a few microseconds. A file edited since (another
+#: inode, size or time) is read again. Policies are immutable, so one is shared freely.
+_PATH_CACHE: Final[dict[tuple[str, str], tuple[tuple[_Stamp | None, ...], Policy]]] = {}
+_PATH_CACHE_SIZE: Final = 64
+_PATH_CACHE_LOCK: Final = threading.Lock()
+
+
 def _load_path(path: Path, shown: str) -> Policy:
     file = _path_file(path, shown)
-    return _assemble(_layers(file, ()), file.shown)
+    cache_key = (file.key, file.shown)
+    cached = _PATH_CACHE.get(cache_key)
+    if cached is not None:
+        stamps, policy = cached
+        if None not in stamps and all(_stamp(s[0]) == s for s in stamps if s is not None):
+            return policy
+    read: list[_Stamp | None] = []
+    policy = _assemble(_layers(file, (), read), file.shown)
+    with _PATH_CACHE_LOCK:
+        if len(_PATH_CACHE) >= _PATH_CACHE_SIZE:
+            _PATH_CACHE.pop(next(iter(_PATH_CACHE)))  # the oldest entry
+        _PATH_CACHE[cache_key] = (tuple(read), policy)
+    return policy
 
 
 def check_policy_files(paths: Iterable[str | os.PathLike[str]]) -> list[PolicyError]:
