@@ -1081,3 +1081,60 @@ def test_the_worker_sends_an_idn_envelope_sender_without_smtputf8(
     store.retry_now(now=clock.time())
     assert make_worker(server, store, clock, relays).run_once().delivered == 1
     assert server.messages[0].mail_from == "bounces@xn--bcher-kva.de"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("lease", 0), ("lease", -1.0), ("lease", float("nan")), ("lease", "15m"),
+     ("batch", 0), ("batch", 1001), ("batch", 2.5), ("batch", True)],
+)  # fmt: skip
+def test_a_worker_refuses_a_bad_lease_or_batch_when_made(
+    store: Store, option: str, value: object
+) -> None:
+    """At construction, naming the option, not at the first claim as a store error."""
+    from mailpolicy import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=f"^{option} must be"):
+        Worker(store, "127.0.0.1", 2525, security="none", **{option: value})  # type: ignore[arg-type]
+
+
+def test_a_lease_shorter_than_one_transaction_is_warned_about_once(
+    smtp_server: SMTPTestServer, store: Store, clock: FakeClock
+) -> None:
+    """A transaction may wait the policy's end-of-data timeout (600 s) after the final
+    dot; a 2-minute lease can run out meanwhile and another worker send the message
+    again. The worker says so (once per policy), and works as asked."""
+    import structlog
+
+    relays = RelayRegistry()
+    smtp_server.script.rcpt(*["450 4.2.0 Greylisted"] * 2)
+    with make_sender(smtp_server, store, clock, relays) as sender:
+        sender.send(message("ann@example.org"))
+        sender.send(message("bob@example.org"))
+    clock.advance(3600)
+    with structlog.testing.capture_logs() as logs:
+        short = Worker(
+            store, smtp_server.host, smtp_server.port, security="none", clock=clock.time,
+            monotonic=clock.now, sleep=clock.sleep, relays=relays, lease=120.0,
+        )  # fmt: skip
+        assert short.run_once().delivered == 2
+    warned = [e for e in logs if e["event"] == "mail.worker.lease_short"]
+    assert len(warned) == 1
+    assert warned[0]["log_level"] == "warning"
+    assert (warned[0]["policy"], warned[0]["lease"]) == ("default", 120.0)
+    assert warned[0]["needed"] == 600.0 + 6 * warned[0]["command_timeout"]
+    with structlog.testing.capture_logs() as logs:
+        Worker(
+            store, smtp_server.host, smtp_server.port, security="none", clock=clock.time,
+            monotonic=clock.now, sleep=clock.sleep, relays=relays, policy="default",
+        ).run_once()  # fmt: skip
+    assert not [e for e in logs if e["event"] == "mail.worker.lease_short"]
+
+
+def test_a_short_lease_is_warned_about_at_start_when_the_policy_is_given(store: Store) -> None:
+    import structlog
+
+    with structlog.testing.capture_logs() as logs:
+        Worker(store, "127.0.0.1", 2525, security="none", policy="bulk", lease=60.0)
+    (warned,) = [e for e in logs if e["event"] == "mail.worker.lease_short"]
+    assert warned["policy"] == "bulk"

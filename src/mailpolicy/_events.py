@@ -404,6 +404,12 @@ def worker_relay_held(**fields: Any) -> None:
     _log("error", "mail.worker.relay_held", **fields)
 
 
+def worker_lease_short(**fields: Any) -> None:
+    """The worker's lease is shorter than one transaction of a policy may take: a slow
+    server can make the lease run out mid-delivery and the message be sent twice."""
+    _log("warning", "mail.worker.lease_short", **fields)
+
+
 def suppression_failed(**fields: Any) -> None:
     """``send()`` could not add a dead address to the suppression list (the store stayed
     locked); the delivery and any deferral were recorded."""

@@ -26,13 +26,13 @@ from typing import Final
 
 from . import _events as events
 from ._address import check_address
-from ._errors import InvalidInputError, MailPolicyError
+from ._errors import ConfigurationError, InvalidInputError, MailPolicyError
 from ._message import PreparedMessage, wire_bytes
 from ._outcome import RecipientOutcome
 from ._policy import Policy
 from ._policy_load import load_policy
 from ._relaystate import RELAYS, RelayRegistry, RelayState
-from ._sender import Sender, _Pending
+from ._sender import Sender, _Pending, is_seconds
 from ._session import Security
 from ._store import (
     AttemptRecord,
@@ -47,6 +47,18 @@ from ._store import (
 from ._vocab import as_reason
 
 DEFAULT_LEASE: Final = 15 * 60.0
+#: Commands of a transaction waited on besides the final dot: connect, greeting, EHLO,
+#: MAIL, RCPT, DATA (STARTTLS, AUTH and more recipients only add to it).
+_COMMANDS_PER_TRANSACTION: Final = 6
+
+
+def transaction_bound(end_of_data_timeout: float, command_timeout: float) -> float:
+    """How long one transaction may take at the least before a timeout ends it: the wait
+    after the final dot and one command timeout per other step. A lease shorter than
+    this can run out while the message is on the wire."""
+    return end_of_data_timeout + _COMMANDS_PER_TRANSACTION * command_timeout
+
+
 #: Tries at renewing a lease between two transactions while the database stays locked.
 RENEW_ATTEMPTS: Final = 3
 #: When recipients a delivery stopped before (its lease not renewed) are due again.
@@ -196,9 +208,16 @@ class Worker:
             raise InvalidInputError(
                 f"store must be a mailpolicy Store (open_store(url)), not {type(store).__name__}"
             )
+        if not is_seconds(lease):
+            raise ConfigurationError(
+                f"lease must be a finite number of seconds above 0, not {lease!r}"
+            )
+        if not (isinstance(batch, int) and not isinstance(batch, bool) and 1 <= batch <= 1000):
+            raise ConfigurationError(f"batch must be an int from 1 to 1000, not {batch!r}")
         self.store = store
-        self.lease = lease
+        self.lease = float(lease)
         self.batch = batch
+        self._lease_checked: set[str] = set()  # policies whose transaction fits the lease
         self.owner = owner or lease_owner()
         self._clock = clock
         self._sleep = sleep
@@ -236,6 +255,8 @@ class Worker:
         # its own relay's, unless all_relays (the relay's credentials, SPF/DKIM alignment
         # and quotas belong to it).
         self._relay_filter = None if all_relays else self._make(load_policy("default")).relay
+        if self._override is not None:  # known now: say at start if the lease is short
+            self._sender_for(self._override.name)
 
     @property
     def relay(self) -> str | None:
@@ -256,7 +277,27 @@ class Worker:
         sender = self._senders.get(policy.name)
         if sender is None:
             sender = self._senders[policy.name] = self._make(policy)
+            self._check_lease(policy, sender)
         return sender
+
+    def _check_lease(self, policy: Policy, sender: Sender) -> None:
+        """Warn, once per policy, when one transaction may outlast the lease. The lease
+        is renewed before each transaction, so a longer one (a server answering the
+        final dot near the end of the RFC 5321 wait) lets another worker claim the
+        message meanwhile and send it again. Not refused: crash-recovery tests and
+        impatient setups use short leases knowingly."""
+        if policy.name in self._lease_checked:
+            return
+        self._lease_checked.add(policy.name)
+        needed = transaction_bound(policy.queue.end_of_data_timeout, sender.settings.timeout)
+        if self.lease < needed:
+            events.worker_lease_short(
+                policy=policy.name,
+                lease=self.lease,
+                needed=needed,
+                end_of_data_timeout=policy.queue.end_of_data_timeout,
+                command_timeout=sender.settings.timeout,
+            )
 
     def close(self) -> None:
         for sender in self._senders.values():
