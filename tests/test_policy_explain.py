@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +104,42 @@ def test_one_mailboxs_rate_limit_pauses_no_relay_in_the_explanation() -> None:
     lines = render_explanation(e).splitlines()
     assert (e.scope, e.decision.action) == ("recipient", "throttle")
     assert not any(line.startswith("relay") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("reply", "soft"),
+    [
+        ("552 5.2.2 Mailbox full", True),  # a permanent full mailbox: bounced at once
+        ("452 4.2.2 Mailbox full", True),  # the queue gives up on a full mailbox
+        ("450 4.1.1 User unknown", True),  # ... or on a 4xx dead-address reply
+        ("550 5.1.1 User unknown", False),  # suppressed outright, not counted
+        ("421 4.7.0 Try again later", False),  # says nothing about the address
+    ],
+)
+def test_a_soft_bounce_at_the_end_of_the_plan_is_named(reply: str, soft: bool) -> None:
+    """explain shows what the Sender counts toward [suppression] soft_bounce_limit."""
+    e = explain(load_policy("default"), reply=reply, stage="rcpt")
+    assert (e.soft_bounce == (5, 30 * DAY)) is soft
+    assert (e.soft_bounce is None) is not soft
+    assert ("a soft bounce of the address: the 5th within 30d" in render_explanation(e)) is soft
+    data = json.loads(json.dumps(e.to_dict()))
+    assert data["soft_bounce"] == ({"limit": 5, "window": 30 * DAY} if soft else None)
+
+
+def test_no_soft_bounce_is_named_where_the_policy_does_not_count_them(tmp_path: Path) -> None:
+    off = tmp_path / "off.toml"
+    off.write_text(
+        'schema = 1\nname = "off"\nextends = "default"\n[suppression]\nsoft_bounce_limit = 0\n',
+        "utf-8",
+    )
+    e = explain(load_policy(off), reply="552 5.2.2 Mailbox full", stage="rcpt")
+    assert e.soft_bounce is None
+    assert "soft bounce" not in render_explanation(e)
+    one = tmp_path / "one.toml"
+    one.write_text(
+        'schema = 1\nname = "one"\nextends = "default"\n[suppression]\nsoft_bounce_limit = 1\n'
+        'soft_bounce_window = "2d"\n',
+        "utf-8",
+    )
+    e = explain(load_policy(one), reply="552 5.2.2 Mailbox full", stage="rcpt")
+    assert "the first within 2d puts it on the suppression list" in render_explanation(e)

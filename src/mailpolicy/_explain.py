@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._policy import Decision, Policy
+from ._policy import Decision, Policy, is_soft_bounce
 from ._queue import PlannedAttempt, QueueStep, plan_attempts
 from ._schedule import format_duration
 from ._vocab import Kind, Reason, Stage
@@ -37,6 +37,11 @@ class Explanation:
     scope: str
     attempts: tuple[PlannedAttempt, ...]
     final: QueueStep
+    #: When the plan ends in a soft bounce of the address (a full mailbox, or the queue
+    #: giving up on a 4xx dead-address reply): the ``[suppression]`` soft_bounce_limit
+    #: and soft_bounce_window (the destination's, if any) that count it. None when it is
+    #: not one, or soft bounces are not counted (suppression disabled, limit 0).
+    soft_bounce: tuple[int, float] | None = None
 
     @property
     def outcome(self) -> str:
@@ -72,6 +77,9 @@ class Explanation:
             "schedule": [a.to_dict() for a in self.attempts],
             "final": self.final.to_dict(),
             "outcome": self.outcome,
+            "soft_bounce": None
+            if self.soft_bounce is None
+            else {"limit": self.soft_bounce[0], "window": self.soft_bounce[1]},
         }
 
 
@@ -87,6 +95,14 @@ def explain(
     decision = decide_on(policy, verdict, text=reply, domain=domain)
     retry_after = float(verdict.retry_after) if verdict.retry_after is not None else None
     attempts, final = plan_attempts(policy, decision, retry_after=retry_after, domain=domain)
+    suppression = policy.suppression_for(domain)
+    soft = (
+        final.action == "bounce"
+        and not final.suppress
+        and suppression.enabled
+        and suppression.soft_bounce_limit > 0
+        and is_soft_bounce(verdict.reason, gave_up=final.gave_up)
+    )
     return Explanation(
         policy=policy.name,
         reply=reply,
@@ -102,7 +118,17 @@ def explain(
         scope=verdict.scope,
         attempts=attempts,
         final=final,
+        soft_bounce=(
+            (suppression.soft_bounce_limit, suppression.soft_bounce_window) if soft else None
+        ),
     )
+
+
+def _nth(n: int) -> str:
+    if n == 1:
+        return "the first"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"the {n}{suffix}"
 
 
 def _span(low: float, high: float) -> str:
@@ -147,4 +173,11 @@ def render_explanation(explanation: Explanation) -> str:
     )
     lines.append("")
     lines.append(f"then     {e.outcome}")
+    if e.soft_bounce is not None:
+        limit, window = e.soft_bounce
+        lines.append(
+            f"         a soft bounce of the address: {_nth(limit)} within "
+            f"{format_duration(window)} puts it on the suppression list "
+            "([suppression] soft_bounce_limit)"
+        )
     return "\n".join(lines)

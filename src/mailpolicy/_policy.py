@@ -239,6 +239,20 @@ def recipient_evidence(
     )
 
 
+#: Failures that say something about the address without proving it dead (DESIGN.md §2):
+#: a message that ends on one counts toward [suppression] soft_bounce_limit.
+SOFT_BOUNCE_REASONS: Final[frozenset[str]] = DEAD_ADDRESS_REASONS | {"mailbox_full"}
+
+
+def is_soft_bounce(reason: str, *, gave_up: bool) -> bool:
+    """Whether a message that ended undelivered, without the policy suppressing the
+    address, counts as a soft bounce of it: a permanent "mailbox full", or the queue
+    giving up (``gave_up``) on a full mailbox or a 4xx dead-address reason. A hard
+    bounce the policy chose not to suppress counts for nothing: that was its decision.
+    (The Sender counts, ``policy explain`` shows it: one rule for both.)"""
+    return reason == "mailbox_full" or (gave_up and reason in SOFT_BOUNCE_REASONS)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Policy:
     """An immutable, validated retry and bounce policy (see ``docs/policies.md``)."""

@@ -29,7 +29,7 @@ from ._errors import ConfigurationError
 from ._inline import AttemptInfo, InlineRetrier
 from ._message import PreparedMessage, prepare_message, seven_bit
 from ._outcome import DeliveryReport, RecipientOutcome, State, utc
-from ._policy import AddressSettings, Decision, Policy, SuppressionSettings
+from ._policy import AddressSettings, Decision, Policy, SuppressionSettings, is_soft_bounce
 from ._policy_load import load_policy
 from ._queue import next_step
 from ._relaystate import RELAYS, RelayRegistry, RelayState
@@ -43,7 +43,7 @@ from ._session import (
     StageError,
 )
 from ._store import NewRecipient, Store, StoreError, attempt_of, busy_retrying, open_store
-from ._vocab import DEAD_ADDRESS_REASONS, Kind, Reason, Scope, Stage, as_reason
+from ._vocab import Kind, Reason, Scope, Stage, as_reason
 
 #: Tries at a store write while the database stays locked, inside send().
 STORE_WRITE_ATTEMPTS: Final = 3
@@ -51,9 +51,6 @@ _DEFAULT_PORTS: Final[dict[str, int]] = {"ssl": 465, "starttls": 587, "none": 25
 #: Stages at which a failure is the relay's, for the circuit breaker.
 _CONNECTION_STAGES: Final = frozenset({"connect", "greeting", "ehlo", "starttls"})
 _NETWORK_REASONS: Final = frozenset({"network_error", "timeout"})
-#: Failures that say something about the address without proving it dead (DESIGN.md §2):
-#: a message that ends on one counts toward [suppression] soft_bounce_limit.
-_SOFT_BOUNCE_REASONS: Final = DEAD_ADDRESS_REASONS | {"mailbox_full"}
 
 
 @dataclass(slots=True)
@@ -541,9 +538,7 @@ class Sender:
             # Never a hard bounce the policy chose not to suppress: that was the
             # policy's decision, not a count to reach.
             gave_up = o.action not in ("bounce", "suppress")
-            soft = o.state == "bounced" and (
-                (gave_up and o.reason in _SOFT_BOUNCE_REASONS) or o.reason == "mailbox_full"
-            )
+            soft = o.state == "bounced" and is_soft_bounce(o.reason, gave_up=gave_up)
             if not soft or suppression.soft_bounce_limit <= 0:
                 return
             # Each write on its own through ``write`` (a retry on a locked store): retrying
