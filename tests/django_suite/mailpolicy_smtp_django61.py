@@ -12,6 +12,7 @@ builds its backend in ``setUpClass`` (outside the patch), so its subclass rebuil
 
 from __future__ import annotations
 
+import email.policy as email_policy
 import logging
 from unittest import expectedFailure, mock
 
@@ -115,6 +116,41 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
         email = EmailMessage(to=["ann@example.org", "bob@☃.example"])
         assert self.create_backend().send_messages([email]) == 1
         assert self.get_smtp_envelopes()[0]["rcpt_tos"] == ["ann@example.org"]
+
+    def test_mailpolicy_the_rewrite_is_djangos_header_with_idna_2008(self) -> None:
+        """The rewrite re-parsed with getaddresses, not Django's parser (eighth review):
+        a ":;" inside a quoted name was counted as an empty group and let an unreadable
+        entry be dropped; a domain IDNA 2008 refuses beside one it converts went out as
+        an encoded-word; comments became or changed display names. Now each header is
+        Django's own, address by address, with only the domains converted."""
+        from mailpolicy._address import a_label
+
+        cases = [
+            ['"Support: ; Team" <help@faß.example>', "ops@[192.0.2.1]"],
+            ["help@faß.example", "Desk <desk@☃.example>"],
+            ["help@faß.example (Büro)", "Ann (work) Smith <ann@faß.example>"],
+            ["ann@faß.example (Ann :; work)", "bob@[192.0.2.1]"],
+            ['"Smith, Jürgen" <j@münchen.example>', "plain@example.org"],
+        ]
+        for reply_to in cases:
+            email = EmailMessage(to=["bob@example.org"], reply_to=reply_to)
+            django_header = email.message(policy=email_policy.SMTP)["Reply-To"]
+            self.flush_mailbox()
+            assert self.create_backend().send_messages([email]) == 1, reply_to
+            ours = self.get_the_message()["Reply-To"]
+            expected = []
+            for given, rendered in zip(
+                email_policy.SMTP.header_factory("Reply-To", ", ".join(reply_to)).addresses,
+                django_header.addresses,
+                strict=True,
+            ):
+                try:
+                    domain = a_label(given.domain)
+                except Exception:  # no IDNA 2008 form: Django's
+                    domain = rendered.domain
+                expected.append((rendered.display_name, rendered.username, domain))
+            got = [(a.display_name, a.username, a.domain) for a in ours.addresses]
+            assert got == expected, (reply_to, got, expected)
 
 
 for _name in EXCEPTIONS:

@@ -20,7 +20,6 @@ import email.header
 import email.headerregistry
 import email.policy
 import email.utils
-import re
 import smtplib
 import ssl
 from collections.abc import Iterable
@@ -35,6 +34,7 @@ from django.core.mail import EmailMessage
 from django.core.mail.backends import smtp
 from django.core.mail.message import sanitize_address
 from django.core.mail.utils import DNS_NAME
+from django.utils.encoding import punycode
 from django.utils.functional import cached_property
 
 from .. import _events as events
@@ -82,11 +82,11 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
     """Django (5.2 and 6.1) writes a Unicode domain in the address headers with IDNA 2003,
     as in the envelope (``To: ann@fass.example`` for ``ann@faß.example``: a reply would
     go to another domain). A header holding such an address is written again from the
-    message's own value: those addresses with their domains as IDNA 2008 A-labels (the
-    Sender's envelope form) and their display names as UTF-8 encoded-words; the others
-    as Django renders them (5.2's ``sanitize_address``; on 6.1 as given, for the email
-    package to fold). Headers without a Unicode domain are left exactly as Django wrote
-    them."""
+    message's own value, as Django writes it but with each Unicode domain as IDNA 2008
+    A-labels (the Sender's envelope form): on 6.1 with the email package's parse Django
+    itself used, on 5.2 with ``getaddresses`` and ``sanitize_address`` as Django's
+    SafeMIME headers do. Headers without a Unicode domain are left exactly as Django
+    wrote them; one that cannot be written so keeps Django's (never a failed send)."""
     encoding = email_message.encoding or settings.DEFAULT_CHARSET
     for header, attribute in _FIELD_HEADERS:
         value = getattr(email_message, attribute)
@@ -94,6 +94,10 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
             value = ", ".join(str(v) for v in value) if value else ""
         value = str(email_message.extra_headers.get(header, value))
         if not value or value.isascii() or header not in built:
+            continue
+        if _MODERN:
+            with suppress(Exception):  # anything the email package refuses: keep Django's
+                _rewrite_modern(built, header, value)
             continue
         rendered = _rendered_with_a_labels(value, encoding)
         if rendered is None:
@@ -107,34 +111,42 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
             Message.__setitem__(built, header, original)
 
 
-_EMPTY_GROUP: Final = re.compile(r":\s*;")
+def _wire_domain(domain: str) -> str:
+    """A domain as IDNA 2008 A-labels; Django's IDNA 2003 form (``punycode``) for one
+    IDNA 2008 refuses (Django has already written it so: its message was built)."""
+    try:
+        return a_label(domain)
+    except idna.IDNAError:
+        return punycode(domain)
 
 
-def _one_address(name: str, addr_spec: str) -> str:
-    """One address for a header Django built. On 6.1 (a modern message) as the email
-    package writes it: the policy encodes and folds a Unicode name when it serialises
-    (quoted here, so a comma in it stays part of the name; a pre-folded encoded-word
-    is refused). On 5.2 (compat32, which writes header values as they are) the name is
-    encoded and folded now, as Django's own SafeMIME headers are: RFC 2047 words of at
-    most 75 characters and no line over 998."""
-    if _MODERN:
-        return str(email.headerregistry.Address(display_name=name, addr_spec=addr_spec))
-    shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
-    return email.utils.formataddr((shown, addr_spec))
+def _rewrite_modern(built: Message, header: str, value: str) -> None:
+    """Django 6.1's ``_idna_encode_address_header_domains`` with IDNA 2008: the value
+    parsed as Django's ``msg[header] = value`` parsed it (the SMTP policy's header
+    factory), and replaced, like Django, by its addresses with the domains converted
+    (display names, order and position as Django leaves them)."""
+    parsed = email.policy.SMTP.header_factory(header, value)
+    addresses = getattr(parsed, "addresses", ())
+    if not addresses or all(a.domain.isascii() for a in addresses):
+        return
+    converted = [
+        email.headerregistry.Address(
+            display_name=a.display_name, username=a.username, domain=_wire_domain(a.domain)
+        )
+        for a in addresses
+    ]
+    built.replace_header(header, converted)  # type: ignore[arg-type]  # the policy parses it
 
 
 def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
-    """An address header's value with each Unicode domain as IDNA 2008 A-labels; None
-    when no address has one that converts, or when another address cannot be rendered
+    """Django 5.2: an address header's value with each Unicode domain as IDNA 2008
+    A-labels, the other addresses as Django renders them (``sanitize_address``); None
+    when no address has one that converts, or when an entry cannot be read or rendered
     (Django's own header is then kept whole: better its IDNA 2003 than no mail)."""
     rendered, converted = [], False
-    groups = len(_EMPTY_GROUP.findall(value))  # "undisclosed-recipients:;" adds no address
     for name, addr in email.utils.getaddresses([value]):
         if not addr:
-            if groups:
-                groups -= 1
-                continue
-            return None  # an address getaddresses could not read ("x@[127.0.0.1]")
+            return None  # an entry getaddresses could not read (Django 5.2 raises on one)
         local, at, domain = addr.rpartition("@")
         wire = None
         if at and local and local.isascii() and not domain.isascii():
@@ -143,9 +155,11 @@ def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
         try:
             if wire is not None:
                 converted = True
-                rendered.append(_one_address(name, wire))
-            elif _MODERN:
-                rendered.append(_one_address(name, addr))
+                # Encoded and folded now, as Django's SafeMIME headers are (compat32
+                # writes header values as they are): RFC 2047 words of at most 75
+                # characters and no line over 998.
+                shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
+                rendered.append(email.utils.formataddr((shown, wire)))
             else:
                 rendered.append(sanitize_address((name, addr), encoding))
         except Exception:  # a domain not even IDNA 2003 writes, a name or address the
