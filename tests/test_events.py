@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailpolicy._relaystate import RelayRegistry
 from mailpolicy._sender import Sender
@@ -261,18 +263,20 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 <ann{x}@example.org>", "ann{x}@example.org", "550 <a***@example.org>"),
         ('550 <"john doe"@example.org>', '"john doe"@example.org', '550 <"***@example.org>'),
         ("550 <zz@[192.0.2.1]>", "zz@[192.0.2.1]", "550 <z***@[192.0.2.1]>"),
-        # other people's addresses that contain this one are left alone (third review)
+        # other people's addresses are masked too, each in its own spelling (eighth
+        # review: a co-recipient or forwarding target is no more the logs' business)
         ("550 <joann@example.org> <ann@example.org>", "ann@example.org",
-         "550 <joann@example.org> <a***@example.org>"),
-        ("550 <ann@example.org.evil.net>", "ann@example.org", "550 <ann@example.org.evil.net>"),
+         "550 <j***@example.org> <a***@example.org>"),
+        ("550 <ann@example.org.evil.net>", "ann@example.org", "550 <a***@example.org.evil.net>"),
         # a quoted spelling of another form, and a backslash (no regex group reference)
         ("550 'jürgen@xn--mnchen-3ya.example'", "jürgen@münchen.example",
          "550 'j***@münchen.example'"),
         ("550 <x@a\\1b.example>", "x@a\\1b.example", "550 <x***@a\\1b.example>"),
         # what servers write around an address (fourth review)
         ("550 to=annsmith@example.org", "annsmith@example.org", "550 to=a***@example.org"),
+        ("550 orcpt=rfc822;ann@example.org", "x@y.example", "550 orcpt=rfc822;a***@example.org"),
         ("550 ann@example.org's quota", "ann@example.org", "550 a***@example.org's quota"),
-        ("550 recipient/ann@example.org?", "ann@example.org", "550 recipient/a***@example.org?"),
+        ("550 recipient/ann@example.org?", "ann@example.org", "550 r***@example.org?"),
         ("550 {ann@example.org}", "ann@example.org", "550 {a***@example.org}"),
         ("550 '\"john doe\"@example.org'", '"john doe"@example.org', "550 '\"***@example.org'"),
         # an apostrophe in the local part, quoted in another spelling; an NFD echo alone
@@ -285,10 +289,27 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
          "550 \u2018a***@münchen.example\u2019"),
         ("550 ann@XN--MNCHEN-3YA.example-", "ann@münchen.example", "550 a***@münchen.example-"),
         ("550 bob@x.org/ann@xn--mnchen-3ya.example", "ann@münchen.example",
-         "550 bob@x.org/a***@münchen.example"),
+         "550 b***@x.org/a***@münchen.example"),
         # the local part before another domain (an alias rewritten by the server)
         ("550 <ann.smith@mail.example.org>", "ann.smith@example.org",
-         "550 <***@mail.example.org>"),
+         "550 <a***@mail.example.org>"),
+        # an address is what it may contain, whatever surrounds it (eighth review: a
+        # list of separators is never complete; "/" and "|" may be in a local part)
+        ("550 5.1.1 Empfänger „max@xn--mnchen-3ya.example“ unbekannt", "max@münchen.example",
+         "550 5.1.1 Empfänger „m***@münchen.example“ unbekannt"),
+        ("550 宛先「info@xn--mnchen-3ya.example」は存在しません", "info@münchen.example",
+         "550 宛先「i***@münchen.example」は存在しません"),
+        ("550 \uff1cinfo@xn--mnchen-3ya.example\uff1e: User unknown", "info@münchen.example",
+         "550 \uff1ci***@münchen.example\uff1e: User unknown"),
+        ("550 „jü@example.org“ unknown", "ju\u0308@example.org", "550 „j***@example.org“ unknown"),
+        ("550 <a/b@xn--mnchen-3ya.example>", "a/b@münchen.example", "550 <a***@münchen.example>"),
+        ("550 <a|b@example.org>", "a|b@example.org", "550 <a***@example.org>"),
+        ("550 <bob#ann@example.org> unknown", "ann@example.org", "550 <b***@example.org> unknown"),
+        ("bob@x.org&max@xn--mnchen-3ya.example", "max@münchen.example",
+         "b***@x.org&m***@münchen.example"),
+        ("550 SRS0=HHH=TT=example.com=ann@fwd.example", "x@y.example",
+         "550 S***@fwd.example"),
+        ("550 ann@example.org。", "ann@example.org", "550 a***@example.org。"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(
@@ -297,6 +318,42 @@ def test_the_reply_text_masks_every_spelling_of_the_recipient(
     from mailpolicy._events import shown_text
 
     assert shown_text(text, address, "mask") == shown
+
+
+def test_the_hash_style_shows_the_recipients_digest_and_hashes_the_others() -> None:
+    """The recipient's own address, in any spelling, carries the event's recipient
+    digest (logs join on it); another address its own digest, never the address."""
+    from mailpolicy._events import show_recipient, shown_text
+
+    own = show_recipient("ann@münchen.example", "hash")
+    text = "550 <ANN@xn--mnchen-3ya.example>, cc bob@example.org: unknown"
+    shown = shown_text(text, "ann@münchen.example", "hash")
+    assert shown == f"550 <{own}>, cc {show_recipient('bob@example.org', 'hash')}: unknown"
+    assert "ann" not in shown.lower()
+    assert "bob" not in shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(
+            list("ab.-_+/|=&'\"{}<>()[]:;, @\u201e\u300c\u3002\uff1c\u0308xé")
+        ),
+        max_size=60,
+    ),
+    st.sampled_from(["ann@example.org", "a.b@münchen.example", "x@[192.0.2.1]"]),
+)
+def test_no_address_survives_masking(around: str, address: str) -> None:
+    """Whatever surrounds an address, no local part of two or more letters and digits
+    is left in front of an "@" in the masked text (one character may be shown)."""
+    import re
+
+    from mailpolicy._events import shown_text
+
+    shown = shown_text(f"550 {around} zqxv9@example.net {around}", address, "mask")
+    assert "zqxv9" not in shown
+    for m in re.finditer(r"([^\W_]{2,})(?=@)", shown):
+        raise AssertionError(f"{m.group()!r} left before an @ in {shown!r}")
 
 
 def test_a_long_reply_is_cut_on_a_word_boundary_after_masking() -> None:

@@ -154,25 +154,24 @@ _MAX_SCANNED: Final = 16 * MAX_EVENT_TEXT
 _MAX_LOCAL: Final = 64
 
 
-#: An address as servers quote it (inside <>, after "TO:", in prose): what is between
-#: separators on both sides of an "@" (RFC 5322 atext allows ' { } ` in a local part).
-#: (Typographic quotes and guillemets too, written as escapes the regex reads.)
-_SEPARATORS: Final = r"\s<>()\[\]\",;:/|\u201c\u201d\u2018\u2019\u00ab\u00bb"
-#: What may stand before a local part inside a token ("to=", quotes, "{").
-_BEFORE_LOCAL: Final = "={'`"
-#: What may follow the domain inside a token (a full stop, quotes, "}", "?", "!", "-").
-_AFTER_DOMAIN: Final = ".'`}?!-"
-_ADDRESS_TOKEN: Final = re.compile(rf"[^{_SEPARATORS}]+@[^{_SEPARATORS}]+")
+#: What may make up a local part as servers quote it: RFC 5322 atext and the dot, and
+#: (RFC 6531) any Unicode letter, digit or combining mark. Whatever else bounds it.
+_LOCAL_PUNCTUATION: Final = frozenset("!#$%&'*+-/=?^_`{|}~.")
+#: What may make up a domain: letters, digits, marks, hyphens and the dots (the
+#: ideographic and full-width ones too, which IDNA reads as dots).
+_DOMAIN_PUNCTUATION: Final = frozenset("-._\u3002\uff0e\uff61")
+#: What a domain does not end with: a sentence's full stop or hyphen.
+_TRAILING: Final = ".-\u3002\uff0e\uff61"
+#: A key a server writes before an address without a separator ("to=ann@x").
+_KEY_PREFIX: Final = re.compile(r"(?:to|from|rcpt|orcpt|recipient|sender|user|mailbox)=", re.I)
+#: RFC 5321 §4.5.3.1: at most 255 octets of domain; a quoted local part of 64 and quotes.
+_MAX_DOMAIN: Final = 255
+_MAX_QUOTED: Final = _MAX_LOCAL + 2
 #: Local parts too common to be anyone's: an echo of one alone stays readable.
 _GENERIC_LOCAL_PARTS: Final = frozenset(
     {"user", "mail", "info", "admin", "support", "contact", "sales", "office", "postmaster",
      "webmaster", "noreply", "hello", "test", "unknown", "mailbox", "recipient", "address"}
 )  # fmt: skip
-
-
-def _local_key(local: str) -> str:
-    """A local part as :func:`_mailbox_key` writes it: NFC, lower-cased, case-folded."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower()).casefold()
 
 
 def _mailbox_key(address: str) -> str:
@@ -182,60 +181,102 @@ def _mailbox_key(address: str) -> str:
     return unicodedata.normalize("NFC", key).casefold()
 
 
+def _in_local(ch: str) -> bool:
+    return ch.isalnum() or ch in _LOCAL_PUNCTUATION or _is_mark(ch)
+
+
+def _in_domain(ch: str) -> bool:
+    return ch.isalnum() or ch in _DOMAIN_PUNCTUATION or _is_mark(ch)
+
+
+def _is_mark(ch: str) -> bool:
+    return not ch.isascii() and unicodedata.category(ch).startswith("M")
+
+
 def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     """The deciding reply for an event: one line, at most :data:`MAX_EVENT_TEXT`
-    characters, the recipient's address in it shown as the event shows the recipient
-    ("550 5.1.1 <b***@example.org>: User unknown"), whatever the spelling the server
-    quoted (case, Unicode normal form, Unicode or A-label domain), and an echo of its
-    local part alone ("mailbox ann.smith does not exist") masked too."""
-    # One line first (linear), then cut with room for what masking removes: the token
-    # pattern costs more than linear time on a long run without a separator.
+    characters, with **every address in it masked** (unless ``style`` is "full"): the
+    recipient's, in whatever spelling the server quoted it (case, Unicode normal form,
+    Unicode or A-label domain), shown as the event's ``recipient`` field is
+    ("550 5.1.1 <b***@example.org>: User unknown"); any other (a co-recipient, a
+    forwarding target, our sender) masked the same way in its own spelling. An echo of
+    the recipient's local part alone ("mailbox ann.smith does not exist") is masked too.
+
+    An address is found from what it may contain, not from what may surround it: for
+    each "@", the run of local-part characters before it and of domain characters
+    after it (a list of separators is never complete: eighth review). The outcome and
+    the outbox journal keep the whole reply."""
+    # One line first (linear), then cut with room for what masking removes.
     line = _whole_words(" ".join(_whole_words(text, _MAX_SCANNED).split()), MAX_EVENT_TEXT * 4)
-    if style == "full" or "@" not in address:
+    if style == "full":
         return _cut(line)
-    if not line.isascii():
-        line = unicodedata.normalize("NFC", line)  # as the address is compared below
-    local = unicodedata.normalize("NFC", address.rpartition("@")[0])
-    echoes_local = len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS
-    if "@" not in line and not (echoes_local and local.lower() in line.lower()):
-        return _cut(line)  # nothing that can name the recipient (the common "250 OK")
-    wanted_local, _, wanted_domain = _mailbox_key(address).rpartition("@")
-    shown = show_recipient(address, style)
-    # First the address as given, literally (a quoted local part, an address literal:
-    # forms no token pattern takes whole), where it stands alone: not the tail of
-    # "joann@..." nor the head of "ann@example.org.evil.net"; "to=ann@...", "ann@...'s"
-    # and "ann@...?" are the address.
-    line = _replace_alone(line, address, shown, before=".+-", after="-", dot_then_word=True)
-
-    def mask(m: re.Match[str]) -> str:
-        # Then every other spelling, token by token. A token may carry what is not the
-        # address: "to=", "recipient/", quotes, "{...}", a full stop, "'s", "?".
-        token = m.group()
-        at = token.index("@")
-        domain = token[at + 1 :].rstrip(_AFTER_DOMAIN)
-        if domain.endswith("'s"):
-            domain = domain[:-2].rstrip(_AFTER_DOMAIN)
-        if not domain or _mailbox_key("x@" + domain).rpartition("@")[2] != wanted_domain:
-            return token  # the domain once per token: not per place a local part may start
-        # The local part starts at the token's start or after one of those characters
-        # ("o'brien@" is an address, "to=ann@" holds one): try each, longest first,
-        # within a local part's length (RFC 5321: 64 octets) of the "@".
-        # Normal forms and case folding change a length by at most a factor of three:
-        # candidates of any other length are not compared.
-        shortest, longest = max(1, len(wanted_local) // 3), 3 * len(wanted_local) + 3
-        first = max(0, at - min(longest, 4 * _MAX_LOCAL))
-        starts = [first] + [i + 1 for i in range(first, at) if token[i] in _BEFORE_LOCAL]
-        for start in starts:
-            if at - start >= shortest and _local_key(token[start:at]) == wanted_local:
-                return token[:start] + shown + token[at + 1 + len(domain) :]
-        return token
-
     if "@" in line:
-        line = _ADDRESS_TOKEN.sub(mask, line)
-    if echoes_local:
-        # Also before another domain: "ann.smith@mail.example.org", an alias's rewrite.
+        line = _addresses_masked(line, address, style)
+    if "@" not in address:
+        return _cut(line)
+    local = unicodedata.normalize("NFC", address.rpartition("@")[0])
+    if len(local) >= 4 and local.casefold() not in _GENERIC_LOCAL_PARTS:
+        if not line.isascii():
+            line = unicodedata.normalize("NFC", line)  # as the local part is compared
+        # Where it stands alone: not inside a longer word or another local part.
         line = _replace_alone(line, local, "***", before=".@-", after="-")
     return _cut(line)
+
+
+def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
+    """``line`` with each address in it masked (see :func:`shown_text`). Linear: each
+    character is looked at a bounded number of times (runs end at the "@" before)."""
+    wanted = None if "@" not in address else _mailbox_key(address)
+    out: list[str] = []
+    done = 0  # where the text not yet copied starts (after the last address masked)
+    at = line.find("@")
+    while at != -1:
+        start = at
+        if at - 1 > done and line[at - 1] == '"':  # a quoted local part: '"john doe"@x'
+            opening = line.rfind('"', max(done, at - 1 - _MAX_QUOTED), at - 1)
+            start = opening if opening != -1 else at
+        else:
+            while start > done and at - start < 4 * _MAX_LOCAL and _in_local(line[start - 1]):
+                start -= 1
+            # Punctuation before the first letter or digit is taken as what surrounds
+            # the address ("'ann@x'", "{ann@x}", "bob@x.org/ann@y"): at most one
+            # character of a local part that starts so is shown.
+            while start < at - 1 and line[start] in _LOCAL_PUNCTUATION:
+                start += 1
+            key = _KEY_PREFIX.match(line, start)
+            if key is not None and key.end() < at:
+                start = key.end()
+        end = at + 1
+        if line.startswith("[", end):  # an address literal: "zz@[192.0.2.1]"
+            close = line.find("]", end, end + 64)
+            end = close + 1 if close != -1 else end
+        else:
+            while end < len(line) and end - at <= _MAX_DOMAIN and _in_domain(line[end]):
+                end += 1
+            while end > at + 1 and line[end - 1] in _TRAILING:
+                end -= 1
+        if start == at:  # nothing before the "@" ("@example.org", "a @ b"): no address
+            at = line.find("@", at + 1)
+            continue
+        out.append(line[done:start])
+        out.append(_masked(line[start:end], address, wanted, style))
+        done = end
+        at = line.find("@", end)
+    if not out:
+        return line
+    out.append(line[done:])
+    return "".join(out)
+
+
+def _masked(token: str, address: str, wanted: str | None, style: RecipientStyle) -> str:
+    """One address found in a reply, as an event shows it: the recipient's as the event
+    shows the recipient, another in its own spelling, masked the same way."""
+    try:
+        if wanted is not None and _mailbox_key(token) == wanted:
+            return show_recipient(address, style)
+        return show_recipient(token, style)
+    except Exception:  # an odd token normalise_address or IDNA refuses: hide all of it
+        return "***@" + token.rpartition("@")[2]
 
 
 def _whole_words(text: str, limit: int) -> str:
