@@ -261,3 +261,69 @@ def test_non_ascii_password_is_held_without_leaking_a_character(
     assert "ä" not in o.text
     assert "\\xe4" not in o.text
     assert "position" not in o.text
+
+
+# --- replies bounded in size and time ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ehlo",
+    [
+        "250-mx\n" + "250-X-PADDING\n" * 300 + "250 SIZE 1000",  # more than 200 lines
+        "250-mx\n" + ("250-" + "P" * 1000 + "\n") * 70 + "250 SIZE 1000",  # more than 64 KiB
+    ],
+)
+def test_an_endless_reply_ends_the_connection(smtp_server: SMTPTestServer, ehlo: str) -> None:
+    """smtplib keeps every line of a multi-line reply: a server (or, before STARTTLS,
+    anyone on the path) sending "250-" lines forever made the process grow until it was
+    killed (security review: 3.8 GB in 15 s). A reply past 200 lines or 64 KiB ends the
+    connection as a network error; the next connection is a fresh start."""
+    smtp_server.script.ehlo(ehlo)
+    s = sender(smtp_server, security="none")
+    with pytest.raises(StageError) as info:
+        s.open()
+    assert info.value.verdict.reason == "network_error"
+    assert "reply too long" in str(info.value)
+    assert not smtp_server.messages  # nothing was sent on it
+    assert s.send(message()).outcomes[0].state == "delivered"  # a new connection works
+
+
+def test_a_reply_fed_line_by_line_is_bounded_by_the_command_timeout() -> None:
+    """Every line restarts the socket timeout: a server sending one "250-" line every
+    0.2 s held open() for as long as it liked (25 s with timeout=3: security review).
+    Without a send() deadline, the whole reply must come within the command's timeout.
+    A real server on loopback, raw: the scripted test server answers at once."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 drip.test ESMTP\r\n")
+            conn.recv(1024)  # EHLO
+            while not stop.wait(0.2):
+                try:
+                    conn.sendall(b"250-still here\r\n")
+                except OSError:
+                    return
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    s = Sender("127.0.0.1", port, security="none", timeout=1.0, relays=RelayRegistry(),
+               local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StageError) as info:
+            s.open()
+    finally:
+        stop.set()
+        listener.close()
+        serving.join(timeout=5)
+    assert time.monotonic() - started < 5  # 1 s and the line in flight, not unbounded
+    assert info.value.verdict.reason in ("timeout", "network_error")

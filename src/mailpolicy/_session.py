@@ -32,20 +32,47 @@ SECURITY_MODES: Final[tuple[Security, ...]] = ("starttls", "ssl", "none")
 T = TypeVar("T")
 
 
+#: The most lines and bytes one reply may have. RFC 5321 sets no limit on a multi-line
+#: reply, and smtplib keeps every line it reads: a server (or, before STARTTLS, anyone on
+#: the path) sending "250-" lines forever made it grow until the process was killed
+#: (security review: 3.8 GB in 15 s). Real replies have a few lines (an EHLO list, a
+#: Gmail explanation); one past these limits ends the connection as a network error.
+MAX_REPLY_LINES: Final = 200
+MAX_REPLY_BYTES: Final = 64 * 1024
+
+
 class _DeadlineFile:
-    """The reader smtplib takes replies from, bounding a whole reply by the connection's
-    ``reply_deadline``: smtplib reads a reply line by line and every line restarts the
-    socket timeout, so a server feeding a multi-line reply one line a second could hold a
-    send() past its deadline for as long as it liked (research/validation-security.md,
-    T-18). Before each line the socket's timeout is cut to what is left; none left is a
-    timeout, as if the socket had timed out."""
+    """The reader smtplib takes replies from, bounding a whole reply in time and size:
+    smtplib reads a reply line by line and every line restarts the socket timeout, so a
+    server feeding a multi-line reply one line a second could hold a command for as long
+    as it liked (research/validation-security.md, T-18). A reply must be complete
+    within the connection's ``reply_deadline`` (a ``send()``'s deadline) or, without
+    one, within the socket timeout in effect when it began (the command's timeout);
+    before each line the socket's timeout is cut to what is left, and none left is a
+    timeout, as if the socket had timed out. A reply of more than
+    :data:`MAX_REPLY_LINES` lines or :data:`MAX_REPLY_BYTES` bytes ends the connection
+    (an ``OSError``, which smtplib turns into ``SMTPServerDisconnected``)."""
 
     def __init__(self, raw: Any, conn: _SMTP) -> None:
         self._raw = raw
         self._conn = conn
+        self._lines = 0
+        self._bytes = 0
+        self._timeout: float | None = None
+        self._reply_deadline: float | None = None
+
+    def start_reply(self) -> None:
+        """A new reply begins: its own limits, from the socket timeout set for it."""
+        self._lines = self._bytes = 0
+        sock = self._conn.sock
+        self._timeout = None if sock is None else sock.gettimeout()
+        self._reply_deadline = None if self._timeout is None else time.monotonic() + self._timeout
 
     def readline(self, limit: int = -1) -> bytes:
         deadline, sock = self._conn.reply_deadline, self._conn.sock
+        own = self._reply_deadline
+        if own is not None and (deadline is None or own < deadline):
+            deadline = own
         if deadline is not None and sock is not None:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -54,6 +81,17 @@ class _DeadlineFile:
             if current is None or current > left:
                 sock.settimeout(left)
         line: bytes = self._raw.readline(limit)
+        self._lines += 1
+        self._bytes += len(line)
+        if self._lines > MAX_REPLY_LINES or self._bytes > MAX_REPLY_BYTES:
+            raise OSError(
+                f"reply too long (more than {MAX_REPLY_LINES} lines or "
+                f"{MAX_REPLY_BYTES // 1024} KiB): connection abandoned"
+            )
+        if line[3:4] != b"-" and sock is not None and own is not None:
+            # The reply's last line: the next reply of the same command (an AUTH
+            # exchange) starts from the command's timeout, not from what this one left.
+            sock.settimeout(self._timeout)
         return line
 
     def close(self) -> None:
@@ -70,6 +108,8 @@ class _SMTP(smtplib.SMTP):
     def getreply(self) -> tuple[int, bytes]:
         if self.file is None and self.sock is not None:
             self.file = _DeadlineFile(self.sock.makefile("rb"), self)
+        if isinstance(self.file, _DeadlineFile):
+            self.file.start_reply()
         return super().getreply()
 
 
