@@ -327,3 +327,20 @@ def test_a_reply_fed_line_by_line_is_bounded_by_the_command_timeout() -> None:
         serving.join(timeout=5)
     assert time.monotonic() - started < 5  # 1 s and the line in flight, not unbounded
     assert info.value.verdict.reason in ("timeout", "network_error")
+
+
+@pytest.mark.parametrize("stage", ["rcpt", "end_of_data"])
+def test_a_reply_line_past_smtplibs_limit_is_unreadable_not_a_made_up_500(
+    smtp_server: SMTPTestServer, stage: str
+) -> None:
+    """smtplib turns a reply line over 8,192 bytes into SMTPResponseException(500, "Line
+    too long."): a permanent refusal the server never sent. After the final dot, that
+    bounced a message the server had accepted with a long "250" (fuzz review). It is an
+    unreadable reply: deferred, and ambiguous after the dot (never retried inline)."""
+    long_reply = ("550 5.1.1 " if stage == "rcpt" else "250 2.0.0 Ok ") + "x" * 9000
+    smtp_server.script.on(stage, long_reply)  # type: ignore[arg-type]
+    (o,) = sender(smtp_server, security="none").send(message()).outcomes
+    if stage == "rcpt":  # transient: retried inline on a new connection, which works
+        assert (o.state, o.attempts) == ("delivered", 2)
+    else:
+        assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", True)

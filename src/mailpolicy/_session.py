@@ -38,6 +38,8 @@ T = TypeVar("T")
 #: (security review: 3.8 GB in 15 s). Real replies have a few lines (an EHLO list, a
 #: Gmail explanation); one past these limits ends the connection as a network error.
 MAX_REPLY_LINES: Final = 200
+#: The longest reply line smtplib reads (its private ``_MAXLINE``).
+_SMTPLIB_MAXLINE: Final[int] = getattr(smtplib, "_MAXLINE", 8192)
 MAX_REPLY_BYTES: Final = 64 * 1024
 
 
@@ -81,6 +83,12 @@ class _DeadlineFile:
             if current is None or current > left:
                 sock.settimeout(left)
         line: bytes = self._raw.readline(limit)
+        if len(line) > _SMTPLIB_MAXLINE:
+            # smtplib would raise SMTPResponseException(500, "Line too long."): a reply
+            # code the server never sent, read as a permanent refusal (fuzz review; after
+            # the final dot, a bounce of a message the server may have taken). It is an
+            # unreadable reply: the connection is abandoned, as for a lost one.
+            raise OSError(f"reply line longer than {_SMTPLIB_MAXLINE} bytes: connection abandoned")
         self._lines += 1
         self._bytes += len(line)
         if self._lines > MAX_REPLY_LINES or self._bytes > MAX_REPLY_BYTES:
