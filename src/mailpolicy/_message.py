@@ -34,7 +34,11 @@ _LEADING_DOT: Final = re.compile(rb"(?m)^\.")
 _FOLD: Final = re.compile(r"\r?\n[ \t]")
 _BAD_IN_HEADER: Final = re.compile(r"[\r\n\x00]")
 _MSGID_DOMAIN: Final = re.compile(r"[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?")
-_BCC_LINE: Final = re.compile(rb"(?im)^bcc:.*\r\n(?:[ \t].*\r\n)*")
+# Bcc and Resent-Bcc (RFC 5322 §3.6.6) never go out in the data, as smtplib's own
+# send_message removes both.
+_BCC_LINE: Final = re.compile(rb"(?im)^(?:resent-)?bcc:.*\r\n(?:[ \t].*\r\n)*")
+#: A header line over 998 octets (RFC 5322 §2.1.1); the first line has no LF before it.
+_LONG_HEADER_LINE: Final = re.compile(rb"(?:\A|\n)([^\r\n]{999})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +379,20 @@ def prepare_message(
             domain = "mailpolicy.invalid"
         message_id = email.utils.make_msgid(domain=domain)
         head = b"Message-ID: " + message_id.encode("ascii") + b"\r\n" + head
+    long_header = _LONG_HEADER_LINE.search(head)
+    if long_header is not None:
+        # Servers refuse it ("500 5.5.2 Line too long") after MAIL and RCPT succeeded,
+        # as a permanent failure of every recipient (fuzz review): said now instead.
+        # The header it belongs to: the last line before it that is not a continuation.
+        start = long_header.start(1)
+        while start > 0 and head[start : start + 1] in (b" ", b"\t"):
+            start = head.rfind(b"\n", 0, start - 1) + 1
+        name = head[start : head.find(b":", start, start + 80)].decode("ascii", "replace")
+        where = f"header {name}" if name and ":" not in name else "a header"
+        raise MessageError(
+            f"{where} has a line longer than 998 octets (RFC 5322 §2.1.1), which servers "
+            "refuse; fold it at white space, or shorten it"
+        )
     data = head + body
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
