@@ -401,6 +401,15 @@ def test_insecure_auth_only_when_allowed(
         ({"MAIL_MAX_EMAILS": 0}, "MAIL_MAX_EMAILS: expected a positive int"),
         ({"MAIL_DEFAULT_SENDER": "shop at example"}, "MAIL_DEFAULT_SENDER: expected a valid"),
         ({"MAIL_DEFAULT_SENDER": "a@x.org, b@x.org"}, "MAIL_DEFAULT_SENDER: expected exactly one"),
+        (
+            {"MAIL_DEFAULT_SENDER": ("n\r\nBcc: evil@x.org", "a@x.org")},
+            "MAIL_DEFAULT_SENDER: expected",
+        ),
+        (
+            {"MAIL_DEFAULT_SENDER": "Shop <a@x.org>\r\nBcc: evil@x.org"},
+            "MAIL_DEFAULT_SENDER: expected",
+        ),
+        ({"MAIL_DEFAULT_SENDER": ("Shop", "a@b@c")}, "MAIL_DEFAULT_SENDER: expected"),
         ({"MAIL_SEND_OPTIONS": ["RET=HDRS"]}, "MAIL_SEND_OPTIONS: ['RET=HDRS'] are not supported"),
         ({"MAIL_SSL_CERTFILE": "c.pem"}, "MAIL_SSL_CERTFILE: not supported"),
         ({"MAILPOLICY_SSL_CONTEXT": "verify"}, "MAILPOLICY_SSL_CONTEXT: expected an ssl"),
@@ -454,6 +463,19 @@ def test_settings_accept_the_usual_spellings(make_app: Callable[..., Flask]) -> 
     assert (settings.port, settings.security, settings.timeout) == (2525, "ssl", 5.0)
     assert settings.default_sender == "Shop <shop@example.com>"
     assert settings.policy.name == "transactional"
+
+
+def test_a_default_sender_tuple_with_a_unicode_domain_is_sent_as_its_a_label(
+    smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
+) -> None:
+    """formataddr raised UnicodeEncodeError for it at start-up; the string form of the
+    same sender worked (fuzz review)."""
+    app = make_app(smtp_server, MAIL_DEFAULT_SENDER=("Bücher", "orders@bücher.de"))
+    mail = MailPolicy(app)
+    with app.app_context():
+        mail.send(flask_mail.Message("hi", recipients=["ann@example.org"], body="x"))
+    (received,) = smtp_server.messages
+    assert received.mail_from == "orders@xn--bcher-kva.de"
 
 
 # --- with a store (MAILPOLICY_STORE) ------------------------------------------------------

@@ -40,8 +40,9 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.message import Message
-from email.utils import formataddr
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, Self, cast
@@ -253,9 +254,19 @@ def _default_sender(config: Mapping[str, Any], policy: Policy) -> str | None:
         and len(value) == 2
         and all(isinstance(v, str) for v in value)
     ):
-        value = formataddr((value[0], value[1]))
+        name, address = value
+        # Not formataddr: it refuses a Unicode domain with UnicodeEncodeError (fuzz
+        # review), which the string form of the same sender takes.
+        try:
+            value = str(Address(display_name=name, addr_spec=address)) if name else address
+        except (ValueError, IndexError, TypeError, HeaderParseError) as exc:
+            raise _expected("MAIL_DEFAULT_SENDER", f"{expected}: {exc}", value) from None
     if not isinstance(value, str):
         raise _expected("MAIL_DEFAULT_SENDER", expected, value)
+    if any(c in value for c in "\r\n\x00"):
+        # It becomes the From header of every message without one: refused here, at
+        # start-up, not as a ValueError from each send (fuzz review).
+        raise _expected("MAIL_DEFAULT_SENDER", f"{expected}, without CR, LF or NUL", value)
     found = split_addresses(value)
     if len(found) != 1:
         raise _expected("MAIL_DEFAULT_SENDER", f"exactly one address: {expected}", value)
