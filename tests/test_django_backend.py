@@ -759,6 +759,34 @@ def test_auth_over_plaintext_when_allowed(smtp_server_factory: Factory) -> None:
     assert [(a.login, a.success) for a in server.auth_attempts] == [("app", True)]
 
 
+def test_a_wrong_password_costs_one_auth_and_leaks_nowhere(smtp_server_factory: Factory) -> None:
+    """The backend's own open() called smtplib's login(): one failed AUTH per mechanism
+    the server offered, a traceback through login()'s frames whose locals hold the
+    password and its base64 form, and the password kept on the open connection
+    (security review). Now: one AUTH, smtplib's exception type without that traceback,
+    and no credentials left on the connection."""
+    import base64
+    import traceback
+
+    server = smtp_server_factory(auth={"app": PASSWORD}, auth_require_tls=False)
+    settings = {"host": server.host, "port": server.port, "allow_insecure_auth": True}
+    backend = EmailBackend(username="app", password="wrong-" + PASSWORD, **settings)
+    with pytest.raises(smtplib.SMTPAuthenticationError) as info:
+        backend.open()
+    backend.close()
+    assert len(server.auth_attempts) == 1
+    rendered = "".join(
+        traceback.TracebackException.from_exception(info.value, capture_locals=True).format()
+    )
+    secret = "wrong-" + PASSWORD
+    forms = [secret, base64.b64encode(f"\0app\0{secret}".encode()).decode()]
+    assert not [form for form in forms if form in rendered]
+    good = EmailBackend(username="app", password=PASSWORD, **settings)
+    assert good.open() is True
+    assert (good.connection.user, good.connection.password) == (None, None)  # type: ignore[union-attr]
+    good.close()
+
+
 def test_a_username_without_auth_offered_is_smtplibs_error(site: SMTPTestServer) -> None:
     backend = mail.get_connection(username="app", password=PASSWORD)
     with pytest.raises(smtplib.SMTPNotSupportedError, match="SMTP AUTH extension not supported"):

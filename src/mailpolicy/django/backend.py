@@ -45,7 +45,7 @@ from .._message import split_addresses
 from .._outcome import DeliveryReport
 from .._policy import Policy
 from .._sender import Sender
-from .._session import Security
+from .._session import _AUTH_IN_CLEAR, _AUTH_OVER_TLS, Security
 from .._store import Store
 from . import signals
 from ._settings import Options, read_options
@@ -336,7 +336,9 @@ class EmailBackend(smtp.EmailBackend):
             connection.ehlo_or_helo_if_needed()
             if self.username and self.password:
                 self._check_auth_allowed(connection)
-                connection.login(self.username, self.password)
+                failure = self._login(connection)
+                if failure is not None:
+                    raise failure
             self.connection = connection
             self._partial_connection = None
         except OSError as exc:
@@ -345,6 +347,35 @@ class EmailBackend(smtp.EmailBackend):
                 raise
             return None
         return True
+
+    def _login(self, connection: smtplib.SMTP) -> OSError | None:
+        """``connection.login()`` as Django calls it, with what the Sender's AUTH does
+        (security review): one mechanism, not each the server offers (smtplib's login
+        tries the next after a 535: two or three failed AUTHs per wrong password); the
+        credentials not kept on the connection afterwards; and a failure returned as a
+        fresh copy, to be raised with no traceback through smtplib's login frames, whose
+        locals hold the password and its base64 form (error trackers record them)."""
+        connection.ehlo_or_helo_if_needed()
+        advertised = connection.esmtp_features.get("auth", "").upper().split()
+        order = _AUTH_OVER_TLS if isinstance(connection.sock, ssl.SSLSocket) else _AUTH_IN_CLEAR
+        chosen = next((m for m in order if m in advertised), None)
+        if chosen is not None:  # login() tries what the server advertised: this one
+            connection.esmtp_features["auth"] = chosen
+        failure: OSError | None = None
+        try:
+            connection.login(self.username or "", self.password or "")
+        except UnicodeEncodeError:  # its text quotes a character of the password
+            failure = smtplib.SMTPException(
+                "the SMTP username or password has non-ASCII characters, which smtplib cannot send"
+            )
+        except smtplib.SMTPException as exc:
+            try:
+                failure = type(exc)(*exc.args)
+            except Exception:  # an exception class with another signature
+                failure = smtplib.SMTPException(str(exc))
+        finally:
+            connection.user = connection.password = None  # type: ignore[assignment]
+        return failure
 
     def _check_auth_allowed(self, connection: smtplib.SMTP) -> None:
         offered = connection.has_extn("auth")
