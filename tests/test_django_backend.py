@@ -769,7 +769,11 @@ def test_a_wrong_password_costs_one_auth_and_leaks_nowhere(smtp_server_factory: 
     import traceback
 
     server = smtp_server_factory(auth={"app": PASSWORD}, auth_require_tls=False)
-    settings = {"host": server.host, "port": server.port, "allow_insecure_auth": True}
+    settings: dict[str, Any] = {
+        "host": server.host,
+        "port": server.port,
+        "allow_insecure_auth": True,
+    }
     backend = EmailBackend(username="app", password="wrong-" + PASSWORD, **settings)
     with pytest.raises(smtplib.SMTPAuthenticationError) as info:
         backend.open()

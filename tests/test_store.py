@@ -960,3 +960,46 @@ def test_an_entry_keyed_the_old_unicode_way_can_still_be_removed(store: SQLiteSt
         )
     assert store.remove_suppression("Jürgen@München.example")
     assert store.suppressions(now=T0) == []
+
+
+def test_a_new_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds whole messages (password-reset links), Bcc recipients and the
+    suppression list: 0644 under the usual umask let every local user read them
+    (security review). A new file is 0600, and SQLite's -wal/-shm follow it; an
+    existing file keeps the mode its owner gave it."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "mail.sqlite3"
+        open_store(f"sqlite:///{path}").close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        shared = tmp_path / "shared.sqlite3"
+        shared.touch(mode=0o640)
+        shared.chmod(0o640)
+        open_store(f"sqlite:///{shared}").close()
+        assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite:////tmp/a%00b.sqlite3", "cannot open the database file|does not exist"),
+        ("sqlite:///" + "x" * 5000, "cannot open the database file"),
+        ("sqlite:///mail.sqlite3?timeout=inf", "busy_timeout must be a number of seconds"),
+    ],
+)
+def test_a_store_url_the_os_refuses_is_a_store_error(url: str, message: str) -> None:
+    """A NUL in the path and a name too long escaped as ValueError and OSError; an
+    infinite timeout was taken, and made every write fail (fuzz and security reviews)."""
+    with pytest.raises(StoreError, match=message):
+        open_store(url)
+
+
+@pytest.mark.parametrize("value", ["5", float("nan"), -1, True])
+def test_a_bad_busy_timeout_or_retention_is_a_store_error(value: object) -> None:
+    for option in ("busy_timeout", "retention"):
+        with pytest.raises(StoreError, match=f"{option} must be a number of seconds"):
+            open_store("sqlite://", **{option: value})  # type: ignore[arg-type]

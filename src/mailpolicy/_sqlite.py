@@ -66,6 +66,8 @@ _TABLES: Final = frozenset({"messages", "recipients", "attempts", "suppressions"
 _STATE_LIST: Final = ", ".join(f"'{s}'" for s in STATES)
 #: A claim never leases more messages than this at once (bound on SQL parameters).
 MAX_CLAIM: Final = 1000
+#: The longest busy timeout or retention accepted (ten years; inf made every write fail).
+_MAX_SECONDS: Final = 3650 * 86400.0
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS messages (
@@ -297,10 +299,16 @@ class SQLiteStore:
         retention: float = DEFAULT_RETENTION,
     ) -> None:
         self._path = os.fspath(path)
-        if not busy_timeout >= 0:
-            raise StoreError(f"{self._path}: busy_timeout must be seconds >= 0")
-        if not retention >= 0:
-            raise StoreError(f"{self._path}: retention must be seconds >= 0")
+        for name, value in (("busy_timeout", busy_timeout), ("retention", retention)):
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 <= value <= _MAX_SECONDS
+            ):
+                raise StoreError(
+                    f"{self._path}: {name} must be a number of seconds from 0 to "
+                    f"{_MAX_SECONDS:g} (ten years), not {value!r}"
+                )
         if synchronous not in ("full", "normal"):
             raise StoreError(f"{self._path}: synchronous must be 'full' or 'normal'")
         self._busy_timeout = busy_timeout
@@ -308,26 +316,40 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         if self._path != MEMORY:
-            file = Path(self._path)
-            if file.is_dir():
-                raise StoreError(f"{self._path}: is a directory, not a database file")
-            if not file.parent.is_dir():
-                raise StoreError(
-                    f"{self._path}: the directory {str(file.parent)!r} does not exist "
-                    "(the store creates its file, not directories)"
-                )
+            try:
+                self._create_private()
+            except (OSError, ValueError) as exc:  # a NUL in the path, a name too long, ...
+                raise StoreError(f"{self._path}: cannot open the database file: {exc}") from exc
         try:
             connection = sqlite3.connect(
                 self._path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise self._error("opening", exc) from exc
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self._path}: cannot open the database file: {exc}") from exc
         try:
             self._configure(connection, synchronous)
         except BaseException:
             connection.close()
             raise
         self._connection = connection
+
+    def _create_private(self) -> None:
+        """Check the path, and create a new database file readable by its owner only:
+        it holds whole messages (password-reset links), Bcc recipients and the
+        suppression list, and SQLite gives its -wal and -shm files the same mode
+        (security review: 0644 under the usual umask). An existing file keeps its mode."""
+        file = Path(self._path)
+        if file.is_dir():
+            raise StoreError(f"{self._path}: is a directory, not a database file")
+        if not file.parent.is_dir():
+            raise StoreError(
+                f"{self._path}: the directory {str(file.parent)!r} does not exist "
+                "(the store creates its file, not directories)"
+            )
+        with suppress(FileExistsError):
+            os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     # --- plumbing -------------------------------------------------------------------------
 
