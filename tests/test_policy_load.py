@@ -374,3 +374,42 @@ def test_a_symlinked_policy_follows_its_target(tmp_path: Path) -> None:
     link.unlink()
     link.symlink_to(new)
     assert load_policy(link).inline.max_attempts == 4
+
+
+@pytest.mark.parametrize(
+    ("pattern", "risk"),
+    [
+        ("(a+)+$", "a repeat inside a repeat"),
+        (r"(\w+\s?)*x", "a repeat inside a repeat"),
+        ("[a-z]+( [a-z]+)*", "a repeat inside a repeat"),
+        ("(a|aa)+", "alternatives inside a repeat"),
+        (r"(a)\1", "a backreference"),
+        # what policies write: one repeat, bounded repeats, alternatives outside repeats
+        (r"\bTSS?[0-9]{2}\b", None),
+        ("quota (exceeded|full)", None),
+        (".*spam.*", None),
+        (r"(\d{1,3}\.){3}", None),
+        ("mailbox (is )?full", None),
+        ("(a++)+", None),  # possessive: never backtracked into
+        ("(?>a+)+", None),  # atomic
+    ],
+)
+def test_a_text_pattern_liable_to_catastrophic_backtracking_is_refused(
+    tmp_path: Path, pattern: str, risk: str | None
+) -> None:
+    """A reply is the server's text: "450 " and 28 "a" made (a+)+$ take 18 s in the
+    worker, and Python's re has no timeout (fuzz review)."""
+    from mailpolicy._policy_rules import backtracking_risk
+
+    assert backtracking_risk(pattern) == risk
+    rule = f'[[rules]]\nname = "t"\nwhen = {{ text = \'{pattern}\' }}\naction = "defer"\n'
+    path = write(
+        tmp_path,
+        "p",
+        MINIMAL.format(name="p", extra="").replace("[[rules]]", rule + "\n[[rules]]", 1),
+    )
+    if risk is None:
+        assert load_policy(path).rules[0].name == "t"
+    else:
+        with pytest.raises(PolicyError, match=f"has {risk}"):
+            load_policy(path)

@@ -10,6 +10,7 @@ characters of the reply).
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any, Final, cast
 
@@ -92,7 +93,55 @@ def _when(value: object, source: str, path: str) -> When:
             raise PolicyError(
                 source, f"{path}.text", f"invalid regular expression {pattern!r}: {exc}"
             ) from exc
+        risk = backtracking_risk(pattern)
+        if risk is not None:
+            raise PolicyError(
+                source,
+                f"{path}.text",
+                f"{pattern!r} has {risk}, which can take exponential time on a reply a "
+                "server writes (ReDoS); use one repeat (.*, [a-z ]+) or a possessive "
+                "one (x++)",
+            )
     return When(**fields)
+
+
+def backtracking_risk(pattern: str) -> str | None:
+    """What makes ``pattern`` liable to catastrophic backtracking, or None: a repeat
+    or alternatives inside an unbounded repeat (``(a+)+``, ``(\\w+\\s?)*``,
+    ``(a|aa)+``), or a backreference. A reply is the server's text: "450 " and 28 "a"
+    made ``(a+)+$`` take 18 s in the worker (fuzz review), and Python's re has no
+    timeout. Possessive repeats and atomic groups never backtrack into and are allowed.
+    The parse is the re module's own (``re._parser``); without it, nothing is refused."""
+    try:
+        c: Any = importlib.import_module("re._constants")
+        _parser: Any = importlib.import_module("re._parser")
+        parsed = _parser.parse(pattern, re.IGNORECASE)
+    except Exception:  # another Python's layout: compiled above, not screened here
+        return None
+    repeats = {c.MAX_REPEAT, c.MIN_REPEAT}
+    safe = {getattr(c, "POSSESSIVE_REPEAT", None), getattr(c, "ATOMIC_GROUP", None)} - {None}
+
+    def walk(items: Any, inside: bool) -> str | None:
+        for op, av in items:
+            if op in (c.GROUPREF, c.GROUPREF_EXISTS):
+                return "a backreference"
+            if op in repeats:
+                if inside:
+                    return "a repeat inside a repeat"
+                found = walk(av[2], av[1] == c.MAXREPEAT)
+            elif op == c.BRANCH and inside:
+                return "alternatives inside a repeat"
+            else:
+                found = None
+                for child in av if isinstance(av, tuple | list) else ():
+                    for sub in child if isinstance(child, list) else [child]:
+                        if isinstance(sub, _parser.SubPattern):
+                            found = found or walk(sub, inside and op not in safe)
+            if found:
+                return found
+        return None
+
+    return walk(parsed, False)
 
 
 def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:
