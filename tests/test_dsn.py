@@ -928,6 +928,25 @@ def test_reading_a_bounce_never_rewrites_an_entry_already_there(dsn_store: Any) 
     assert (entry.reason, entry.expires_at, entry.text) == ("mailbox_moved", None, "added by hand")
 
 
+def test_a_report_naming_too_many_dead_addresses_suppresses_none(dsn_store: Any) -> None:
+    """A bounce is not authenticated: one forged report suppressed 5,000 addresses
+    (security review). Past MAX_SUPPRESSIONS_PER_REPORT, none is taken, and it is said."""
+    import structlog
+
+    from mailpolicy._dsn import MAX_SUPPRESSIONS_PER_REPORT, intake_dsn
+
+    many = [_hard(f"u{i}@example.org") for i in range(MAX_SUPPRESSIONS_PER_REPORT + 1)]
+    with structlog.testing.capture_logs() as logs:
+        verdicts = intake_dsn(parse_dsn(_report(*many)), store=dsn_store, now=1e9)
+    assert {v.suppression for v in verdicts} == {"too many"}
+    assert dsn_store.suppressions(now=1e9) == []
+    (refused,) = [e for e in logs if e["event"] == "mail.dsn_refused"]
+    assert (refused["addresses"], refused["log_level"]) == (len(many), "warning")
+    # up to the limit, as before
+    fewer = intake_dsn(parse_dsn(_report(*many[:-1])), store=dsn_store, now=1e9)
+    assert {v.suppression for v in fewer} == {"added"}
+
+
 def test_intake_says_what_it_did_without_a_store() -> None:
     from mailpolicy._dsn import intake_dsn
 

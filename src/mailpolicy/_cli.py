@@ -549,6 +549,7 @@ _INTAKE_FLAGS: Final[dict[str, str]] = {
     "added": " -> suppressed",
     "already": " -> already suppressed",
     "no store": " -> would suppress (no --store)",
+    "too many": " -> not suppressed: the report names too many dead addresses (forged?)",
     "disabled": " -> not suppressed (the policy's suppression is off)",
     "": "",
 }

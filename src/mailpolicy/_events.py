@@ -416,6 +416,12 @@ def dsn(state: str, **fields: Any) -> None:
     _log("warning" if state == "bounced" else "info", "mail.dsn", state=state, **fields)
 
 
+def dsn_refused(**fields: Any) -> None:
+    """A bounce named more dead addresses than one report may suppress: none of them
+    was put on the suppression list (a forged bounce could otherwise list thousands)."""
+    _log("warning", "mail.dsn_refused", **fields)
+
+
 def worker_policy_fallback(**fields: Any) -> None:
     """A stored message's policy no longer loads by name: the worker uses another."""
     _log("warning", "mail.worker.policy_fallback", **fields)
