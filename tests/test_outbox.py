@@ -242,6 +242,11 @@ def test_cli_outbox_and_suppression_round_trip(tmp_path: Path) -> None:
     assert "is not an address" in bad_address.stderr
     assert run("suppression", "add", "c@example.org", "--reason", "delivered",
                "--store", url).returncode == 2  # fmt: skip
+    # A TTL past any calendar was written, then every listing failed (fuzz review).
+    huge = run("suppression", "add", "d@example.org", "--ttl", "99999999999d", "--store", url)
+    assert huge.returncode == 2
+    assert "longer than 3650d" in huge.stderr
+    assert run("suppression", "list", "--store", url).returncode == 0
     assert "add" in run("suppression", "--help").stdout
     nope = run("outbox", "retry-now", "--message-id", "<nope@x>", "--store", url)
     assert nope.returncode == 1

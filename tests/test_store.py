@@ -925,12 +925,21 @@ def test_soft_bounces_are_counted_within_the_window(store: SQLiteStore) -> None:
         (lambda s: s.suppressed(None, now=T0), "an address must be a str, not NoneType"),
         (lambda s: s.add_suppression(5, reason="x", now=T0, ttl=None), "must be a str, not int"),
         (lambda s: s.record_soft_bounce(None, now=T0, window=60), "must be a str, not NoneType"),
-        (lambda s: s.claim_due(now=None, owner="w", lease_seconds=30), "now must be a number"),
+        (
+            lambda s: s.claim_due(now=None, owner="w", lease_seconds=30),
+            "now must be a finite number",
+        ),
         (lambda s: s.claim_due(now=T0, owner="w", lease_seconds=30, limit="5"), "limit must be"),
         (lambda s: s.claim_due(now=T0, owner="w", lease_seconds=True), "lease_seconds must be"),
-        (lambda s: s.purge(now=None), "now must be a number of seconds"),
-        (lambda s: s.purge(now=T0, older_than="1d"), "older_than must be a number"),
-        (lambda s: s.counts(now=float("nan")), "now must be a number of seconds, not nan"),
+        (lambda s: s.purge(now=None), "now must be a finite number of seconds"),
+        (lambda s: s.purge(now=T0, older_than="1d"), "older_than must be a finite number"),
+        (lambda s: s.counts(now=float("nan")), "now must be a finite number of seconds, not nan"),
+        (
+            lambda s: s.add_suppression(
+                "a@b.example", reason="mailbox_unknown", now=1.0, ttl=float("inf")
+            ),
+            "ttl must be a finite number",
+        ),
         (lambda s: s.list_recipients(limit=None), "limit must be an int"),
     ],
 )

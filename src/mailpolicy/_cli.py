@@ -177,12 +177,20 @@ def _cmd_send(args: argparse.Namespace, out: TextIO) -> int:
     return 0 if report.all_delivered else EXIT_UNDELIVERED
 
 
+#: The longest duration an option takes, as a policy's (ten years).
+_MAX_DURATION: Final = 3650 * 86400.0
+
+
 def _duration(text: str) -> float:
     from ._schedule import parse_duration  # noqa: PLC0415
 
     seconds = parse_duration(text)
     if seconds is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as '15m' or '30s'")
+    if seconds > _MAX_DURATION:
+        # As policies: "--ttl 99999999999d" was written, then every listing of the
+        # store failed on a date past year 9999 (fuzz review).
+        raise argparse.ArgumentTypeError(f"{text!r} is longer than 3650d (ten years)")
     return seconds
 
 
@@ -444,7 +452,10 @@ def _expiry(at: float | None) -> str:
         return "permanent"
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    return f"until {datetime.fromtimestamp(at, UTC).isoformat(timespec='minutes')}"
+    try:
+        return f"until {datetime.fromtimestamp(at, UTC).isoformat(timespec='minutes')}"
+    except (OverflowError, ValueError, OSError):  # a time no calendar date holds
+        return f"until {at:g} (Unix time)"
 
 
 def _cmd_suppression(args: argparse.Namespace, out: TextIO) -> int:

@@ -241,8 +241,9 @@ class DsnVerdict:
     address was on it: its entry is left as it was), ``"no store"`` (nothing to write
     to), ``"disabled"`` (the policy's suppression is off), ``"too many"`` (the report
     names more than :data:`MAX_SUPPRESSIONS_PER_REPORT` dead addresses: none is taken),
-    or ``""`` (nothing to do, or not taken in). ``recorded`` says :func:`intake_dsn` found the message and recipient
-    in the outbox and recorded the bounce there (its journal, state ``bounced``).
+    or ``""`` (nothing to do, or not taken in). ``recorded`` says :func:`intake_dsn`
+    found the message and recipient in the outbox and recorded the bounce there (its
+    journal, state ``bounced``).
     """
 
     recipient: str

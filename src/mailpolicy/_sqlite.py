@@ -209,9 +209,9 @@ def _check_times(**values: float | None) -> None:
             value is None
             or isinstance(value, bool)
             or not isinstance(value, int | float)
-            or math.isnan(value)
+            or not math.isfinite(value)
         ):
-            raise InvalidInputError(f"{name} must be a number of seconds, not {value!r}")
+            raise InvalidInputError(f"{name} must be a finite number of seconds, not {value!r}")
 
 
 def _check_int(name: str, value: object) -> None:
