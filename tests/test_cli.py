@@ -214,3 +214,10 @@ def test_dsn_without_a_store_says_it_would_suppress(tmp_path: Any) -> None:
     )
     assert b"-> suppressed" in first.stdout
     assert b"-> already suppressed" in again.stdout
+
+
+def test_dsn_reads_no_more_of_a_file_than_a_bounce_needs() -> None:
+    """/dev/zero was read without end (fuzz review): a bounce is read up to MAX_DSN_READ."""
+    p = run("dsn", "/dev/zero")
+    assert p.returncode == 1
+    assert b"not a delivery-status notification" in p.stderr

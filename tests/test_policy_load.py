@@ -413,3 +413,24 @@ def test_a_text_pattern_liable_to_catastrophic_backtracking_is_refused(
     else:
         with pytest.raises(PolicyError, match=f"has {risk}"):
             load_policy(path)
+
+
+def test_a_policy_path_that_is_not_a_small_regular_file_is_a_policy_error(tmp_path: Path) -> None:
+    """A FIFO blocked load_policy for ever and /dev/zero was read without end; deep
+    nesting raised RecursionError from tomllib; a NUL or a name too long escaped as
+    ValueError/OSError (fuzz review)."""
+    fifo = tmp_path / "p.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy(fifo)
+    with pytest.raises(PolicyError, match="not a regular file"):
+        load_policy("/dev/zero")
+    deep = write(tmp_path, "deep", 'schema = 1\nname = "deep"\nx = ' + "[" * 3000 + "]" * 3000)
+    with pytest.raises(PolicyError, match="nested too deeply"):
+        load_policy(deep)
+    big = write(tmp_path, "big", MINIMAL.format(name="big", extra="#" + "x" * 1_100_000))
+    with pytest.raises(PolicyError, match="larger than 1024 KiB"):
+        load_policy(big)
+    for bad in (f"{tmp_path}/{'x' * 300}.toml", f"{tmp_path}/a\x00b.toml"):
+        with pytest.raises(PolicyError, match="cannot read the file"):
+            load_policy(bad)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 import threading
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -291,20 +292,42 @@ def _stamp(path: str) -> _Stamp | None:
     return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+#: The largest policy file read (the shipped ones are a few kilobytes).
+MAX_POLICY_BYTES: Final = 1024 * 1024
+
+
 def _read(file: _File, stamps: list[_Stamp | None] | None = None) -> dict[str, Any]:
     if stamps is not None and file.directory is not None:
         # Taken before reading: a file changed while it is read shows as changed later.
         stamps.append(_stamp(file.key))
     try:
-        data = file.resource.read_bytes()
+        shipped = file.directory is None
+        data = file.resource.read_bytes() if shipped else _read_regular_file(file)
     except OSError as exc:
-        raise PolicyError(file.shown, "", f"cannot read the file: {exc.strerror}") from exc
+        raise PolicyError(file.shown, "", f"cannot read the file: {exc.strerror or exc}") from exc
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise PolicyError(file.shown, "", f"not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(file.shown, "", f"invalid TOML: {exc}") from exc
+    except RecursionError:  # tomllib recurses per level of nested arrays and tables
+        raise PolicyError(file.shown, "", "invalid TOML: nested too deeply") from None
+
+
+def _read_regular_file(file: _File) -> bytes:
+    """A policy file's bytes: a regular file of at most :data:`MAX_POLICY_BYTES` (a FIFO
+    or a device would block or never end: fuzz review). Opened without blocking, then
+    checked on the descriptor, so what is read is what was checked."""
+    fd = os.open(file.key, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise PolicyError(file.shown, "", "not a regular file")
+        data = fh.read(MAX_POLICY_BYTES + 1)
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError(file.shown, "", f"larger than {MAX_POLICY_BYTES // 1024} KiB")
+    return data
 
 
 def _is_path(reference: str) -> bool:
@@ -373,6 +396,15 @@ _PATH_CACHE_LOCK: Final = threading.Lock()
 
 
 def _load_path(path: Path, shown: str) -> Policy:
+    try:
+        return _load_path_file(path, shown)
+    except PolicyError:
+        raise
+    except (OSError, ValueError) as exc:  # a NUL in a path, a name too long, ...
+        raise PolicyError(shown, "", f"cannot read the file: {exc}") from exc
+
+
+def _load_path_file(path: Path, shown: str) -> Policy:
     file = _path_file(path, shown)
     cache_key = (file.key, file.shown)
     cached = _PATH_CACHE.get(cache_key)
