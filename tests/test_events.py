@@ -374,3 +374,40 @@ def test_a_long_reply_is_cut_on_a_word_boundary_after_masking() -> None:
     for blank in ("\n", "\xa0", "\x0b"):  # any whitespace str.split() splits on
         padded = "550 " + blank * 4790 + "ann.smith@example.org unknown"
         assert shown_text(padded, "ann.smith@example.org", "mask") == "550"
+
+
+def test_a_store_error_in_an_event_shows_the_address_as_recipients_are_shown(
+    smtp_server: SMTPTestServer, tmp_path: Any
+) -> None:
+    """The store's error names the address it was suppressing; the event carried it
+    whole whatever recipient_style said (security review)."""
+    import sqlite3
+
+    from mailpolicy._store import open_store
+    from mailpolicy.testing import FakeClock
+
+    path = tmp_path / "mail.sqlite3"
+    store = open_store(f"sqlite:///{path}", busy_timeout=0.05)
+    smtp_server.script.rcpt("550 5.1.1 <robert.private@example.org>: User unknown")
+    clock = FakeClock()
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "app@example.com", "robert.private@example.org", "x"
+    m.set_content("y")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another connection keeps the write lock
+    try:
+        with structlog.testing.capture_logs() as logs, Sender(
+            smtp_server.host, smtp_server.port, security="none", relays=RelayRegistry(),
+            store=store, clock=clock.time, monotonic=clock.now, sleep=clock.sleep,
+            recipient_style="hash",
+        ) as sender:  # fmt: skip
+            (o,) = sender.send(m).outcomes
+    finally:
+        holder.rollback()
+        holder.close()
+        store.close()
+    assert o.state == "bounced"
+    (failed,) = [e for e in logs if e["event"] == "mail.suppression_failed"]
+    assert "locked" in failed["error"]
+    assert "robert" not in failed["error"]
+    assert "sha256:" in failed["error"]

@@ -223,6 +223,13 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     return _cut(line)
 
 
+def shown_error(exc: BaseException | None, style: RecipientStyle) -> str:
+    """An exception's text for an event's ``error`` field, every address in it shown as
+    events show recipients (a store error names the address it was suppressing: it went
+    to the logs whole whatever ``recipient_style`` said; security review)."""
+    return "" if exc is None else shown_text(str(exc), "", style)
+
+
 def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
     """``line`` with each address in it masked (see :func:`shown_text`). Linear: each
     character is looked at a bounded number of times (runs end at the "@" before)."""

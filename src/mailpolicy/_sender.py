@@ -496,7 +496,10 @@ class Sender:
                     store, wires.get(o.recipient, o.recipient), o, now, write=self._store_write
                 )
             except StoreError as exc:
-                events.suppression_failed(message_id=prepared.message_id, error=str(exc))
+                events.suppression_failed(
+                    message_id=prepared.message_id,
+                    error=events.shown_error(exc, self.recipient_style),
+                )
 
     def _store_write(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``write`` with a few tries while the database stays locked (StoreBusyError):

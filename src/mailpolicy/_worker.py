@@ -537,7 +537,9 @@ class Worker:
                 message_id=claim.message.message_id,
                 worker=self.owner,
                 attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else "",
+                error=events.shown_error(state.outcome.exception(), sender.recipient_style)
+                if state.outcome
+                else "",
             ),
         )
         if not recording(self.store.record_attempt, claim, updates, now=now):
@@ -553,5 +555,7 @@ class Worker:
                 sender._suppress_if_dead(self.store, wire, outcome, now, write=recording)
             except StoreError as exc:
                 events.worker_suppression_failed(
-                    message_id=claim.message.message_id, worker=self.owner, error=str(exc)
+                    message_id=claim.message.message_id,
+                    worker=self.owner,
+                    error=events.shown_error(exc, sender.recipient_style),
                 )
