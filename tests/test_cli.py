@@ -221,3 +221,29 @@ def test_dsn_reads_no_more_of_a_file_than_a_bounce_needs() -> None:
     p = run("dsn", "/dev/zero")
     assert p.returncode == 1
     assert b"not a delivery-status notification" in p.stderr
+
+
+def test_what_others_wrote_cannot_send_the_terminal_escape_sequences(tmp_path: Any) -> None:
+    """A bounce's Final-Recipient went to the terminal as it came: ESC ]0;... retitled
+    it, ESC [2J cleared it (security review). Control characters are written \\xNN."""
+    status = (
+        "Reporting-MTA: dns; mx.example.com\n\n"
+        "Final-Recipient: rfc822; \x1b]0;owned\x07\x1b[2J\x9bFAKE@x.example\n"
+        "Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 \x1b[31mred\n"
+    )
+    eml = tmp_path / "forged.eml"
+    eml.write_bytes(
+        (
+            "From: MAILER-DAEMON@mx.example.com\nMIME-Version: 1.0\n"
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=B\n\n"
+            "--B\nContent-Type: text/plain\n\nNotice.\n\n"
+            f"--B\nContent-Type: message/delivery-status\n\n{status}\n--B--\n"
+        ).encode()
+    )
+    p = run("dsn", str(eml))
+    shown = p.stdout + p.stderr
+    assert b"FAKE@x.example" in shown
+    assert b"\x1b" not in shown
+    assert b"\x07" not in shown
+    assert "\x9b".encode() not in shown
+    assert b"\\x1b" in shown

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
 from . import __version__
 from ._classify import Verdict, classify
@@ -751,14 +752,39 @@ def _configure_events() -> None:
         )
 
 
+#: Control characters other than line feed, tab and carriage return (the progress bar's),
+#: C1 ones included (some terminals read U+009B as CSI).
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+class _Escaped:
+    """A text stream that writes control characters as ``\\xNN``. What the commands
+    print comes partly from others (a bounce's addresses and diagnostics, a server's
+    reply, the suppression list): a hostile one could otherwise send the terminal escape
+    sequences (retitle it, clear it, fake output; security review)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_events()
+    stderr = sys.stderr
+    sys.stderr = cast(TextIO, _Escaped(stderr))
+    _configure_events()  # events print to the escaped stderr too
     try:
-        code: int = args.handler(args, sys.stdout)
+        code: int = args.handler(args, cast(TextIO, _Escaped(sys.stdout)))
     except MailPolicyError as exc:
         print(f"mailpolicy: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # e.g. `mailpolicy classify --jsonl < big | head`
         return 0
+    finally:
+        sys.stderr = stderr
     return code
