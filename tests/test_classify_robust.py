@@ -771,3 +771,27 @@ def test_classify_error_on_non_exception_raises_invalid_input(not_exc: Any) -> N
     InvalidInputError."""
     with pytest.raises(InvalidInputError):
         classify_error(not_exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        smtplib.SMTPResponseException("abc", None),  # type: ignore[arg-type]
+        smtplib.SMTPDataError(None, None),  # type: ignore[arg-type]
+        smtplib.SMTPRecipientsRefused(None),  # type: ignore[arg-type]
+        smtplib.SMTPRecipientsRefused({"a@b.example": "no tuple"}),  # type: ignore[dict-item]
+    ],
+)
+def test_classify_error_takes_odd_smtplib_exceptions(exc: BaseException) -> None:
+    """Built by other code with odd arguments, these raised TypeError/AttributeError from
+    inside classify_error (fuzz review); they are failures without a readable reply."""
+    v = classify_error(exc)
+    assert v.kind == "transient"
+    assert not v.suppress
+
+
+def test_rules_of_the_wrong_type_are_the_librarys_error() -> None:
+    with pytest.raises(InvalidInputError, match="rules must be a RuleSet"):
+        classify("550 x", rules="abc")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="rules must be a RuleSet"):
+        classify_error(OSError(), rules=5)  # type: ignore[arg-type]

@@ -247,3 +247,12 @@ def test_what_others_wrote_cannot_send_the_terminal_escape_sequences(tmp_path: A
     assert b"\x07" not in shown
     assert "\x9b".encode() not in shown
     assert b"\\x1b" in shown
+
+
+def test_a_listing_limit_out_of_range_is_a_usage_error(tmp_path: Any) -> None:
+    """A number past SQLite's integers raised OverflowError with a traceback (fuzz review)."""
+    url = f"sqlite:///{tmp_path / 'mail.sqlite3'}"
+    p = run("outbox", "list", "--store", url, "--limit", "99999999999999999999999")
+    assert p.returncode == 2
+    assert b"is not from 1 to 1000000" in p.stderr
+    assert b"Traceback" not in p.stderr

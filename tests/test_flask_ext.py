@@ -465,6 +465,18 @@ def test_settings_accept_the_usual_spellings(make_app: Callable[..., Flask]) -> 
     assert settings.policy.name == "transactional"
 
 
+def test_a_flask_mail_message_with_one_str_of_recipients_is_refused(
+    smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
+) -> None:
+    """Flask-Mail iterates recipients: "b@example.org" became 13 one-character
+    recipients, each "invalid" (fuzz review). Refused as Sender.send refuses it."""
+    app = make_app(smtp_server)
+    mail = MailPolicy(app)
+    with app.app_context(), pytest.raises(MessageError, match="recipients must be a list"):
+        mail.send(flask_mail.Message("hi", recipients="b@example.org", body="x"))  # type: ignore[arg-type]
+    assert smtp_server.connections == 0
+
+
 def test_a_default_sender_tuple_with_a_unicode_domain_is_sent_as_its_a_label(
     smtp_server: SMTPTestServer, make_app: Callable[..., Flask]
 ) -> None:

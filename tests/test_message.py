@@ -215,6 +215,9 @@ def test_an_idn_domain_alone_goes_as_its_a_label_without_smtputf8() -> None:
         ("undisclosed-recipients:;", []),
         ("", []),
         ("two@@example.org", ["two@@example.org"]),
+        # the colons of an address literal are not a group's (fuzz review: '::1]')
+        ("b@[IPv6:::1]", ["b@[IPv6:::1]"]),
+        ("x@[IPv6:2001:db8::1], A <a@x.org>", ["x@[IPv6:2001:db8::1]", "a@x.org"]),
     ],
 )
 def test_split_addresses(text: str, expected: list[str]) -> None:

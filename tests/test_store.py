@@ -941,6 +941,18 @@ def test_soft_bounces_are_counted_within_the_window(store: SQLiteStore) -> None:
             "ttl must be a finite number",
         ),
         (lambda s: s.list_recipients(limit=None), "limit must be an int"),
+        (
+            lambda s: s.add_suppression("a@b.example", reason="x", now=T0, ttl=None, code=10**30),
+            "code must be an SMTP reply code",
+        ),
+        (
+            lambda s: s.add_suppression("a@b.example", reason="x", now=T0, ttl=None, code="550"),
+            "code must be an SMTP reply code",
+        ),
+        (
+            lambda s: s.add_suppression("a@b.example", reason="x", now=T0, ttl=None, text=None),
+            "text must be a str",
+        ),
     ],
 )
 def test_wrong_types_are_the_librarys_error_not_a_builtin_one(

@@ -155,6 +155,14 @@ def _check_stage(stage: object) -> Stage | None:
     raise InvalidInputError(f"unknown SMTP stage {stage!r}; expected one of {', '.join(STAGES)}")
 
 
+def _check_rules(rules: object) -> RuleSet | None:
+    if rules is None or isinstance(rules, RuleSet):
+        return rules
+    raise InvalidInputError(
+        f"rules must be a RuleSet (a policy's classifier) or None, not {type(rules).__name__}"
+    )
+
+
 def _check_host(host: object) -> str:
     if host is None:
         return ""
@@ -180,6 +188,7 @@ def classify(
     """
     stage = _check_stage(stage)
     host_name = _check_host(host)
+    rules = _check_rules(rules)
     parsed = parse_reply(reply, want_stage=stage is None)
     return classify_parsed(parsed, stage=stage, host=host_name, rules=rules)
 
@@ -375,12 +384,21 @@ def classify_error(
     if not isinstance(exc, BaseException):
         raise InvalidInputError(f"classify_error takes an exception, not {type(exc).__name__}")
     stage = _check_stage(stage)
+    rules = _check_rules(rules)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         # Every recipient was refused; each has its own reply. Report the first.
-        for code, text in exc.recipients.values():
+        refused = exc.recipients if isinstance(exc.recipients, dict) else {}
+        for entry in refused.values():
+            said, text = entry if isinstance(entry, tuple) and len(entry) == 2 else ("", entry)
             raw = text if isinstance(text, bytes) else str(text).encode("utf-8", "replace")
-            return classify(f"{code} ".encode() + raw, stage=stage or "rcpt", rules=rules)
-    if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code > 0:
+            return classify(f"{said} ".encode() + raw, stage=stage or "rcpt", rules=rules)
+    code: object = getattr(exc, "smtp_code", None)
+    if (
+        isinstance(exc, smtplib.SMTPResponseException)
+        and isinstance(code, int)
+        and not isinstance(code, bool)
+        and code > 0
+    ):
         if isinstance(exc, smtplib.SMTPSenderRefused):
             stage = stage or "mail"
         elif isinstance(exc, smtplib.SMTPAuthenticationError):
@@ -389,7 +407,7 @@ def classify_error(
             stage = stage or "ehlo"
         error = exc.smtp_error
         raw = error if isinstance(error, bytes) else str(error).encode("utf-8", "replace")
-        return classify(f"{exc.smtp_code} ".encode() + raw, stage=stage, rules=rules)
+        return classify(f"{code} ".encode() + raw, stage=stage, rules=rules)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
         # The server lacks an extension the configuration or the message requires.
         what = str(exc).lower()

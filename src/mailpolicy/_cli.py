@@ -195,6 +195,18 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _limit(text: str) -> int:
+    """How many rows a listing shows: 1 to 1,000,000 (a number past SQLite's integers
+    raised OverflowError with a traceback: fuzz review)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text} is not from 1 to 1000000")
+    return value
+
+
 def _password(args: argparse.Namespace, command: str) -> str | None:
     import os  # noqa: PLC0415
 
@@ -687,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "list":
             op.add_argument("--state", choices=STATES)
             op.add_argument("--message-id", help="only this message's recipients")
-            op.add_argument("--limit", type=int, default=100)
+            op.add_argument("--limit", type=_limit, default=100)
         if action == "show":
             op.add_argument("message_id", metavar="MESSAGE_ID", help="with or without <>")
         if action == "retry-now":

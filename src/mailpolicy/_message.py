@@ -144,7 +144,11 @@ def split_addresses(text: str) -> list[str]:
         if "<" in raw and ">" in raw:
             raw = raw[raw.rindex("<") + 1 : raw.rindex(">")]
         elif ":" in raw and not raw.startswith('"'):
-            raw = raw.split(":", 1)[1]
+            # A group name ends at a colon before the address: "team: a@x", not the
+            # colons of an address literal "b@[IPv6:::1]" (fuzz review: '::1]').
+            colon, at = raw.find(":"), raw.find("@")
+            if at == -1 or colon < at:
+                raw = raw[colon + 1 :]
         raw = raw.strip().rstrip(";").strip()
         if raw:
             out.append(raw)

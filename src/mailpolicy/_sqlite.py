@@ -842,6 +842,20 @@ class SQLiteStore:
         _check_times(now=now, ttl=ttl)
         if ttl is not None and not ttl > 0:
             raise StoreError(f"{self._path}: a suppression ttl must be > 0 seconds or None")
+        if code is not None and not (
+            isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599
+        ):
+            raise InvalidInputError(
+                f"code must be an SMTP reply code (100-599) or None, not {code!r}"
+            )
+        for name, value in (
+            ("reason", reason),
+            ("status", status),
+            ("text", text),
+            ("policy", policy),
+        ):
+            if not isinstance(value, str) and not (name == "status" and value is None):
+                raise InvalidInputError(f"{name} must be a str, not {type(value).__name__}")
         key = normalise_address(address)
         if not key:
             raise StoreError(f"{self._path}: cannot suppress an empty address")

@@ -520,6 +520,11 @@ def _from_flask_mail(message: object, default_sender: str | None) -> _Outgoing:
         m.sender = default_sender
     _check_options(m.mail_options, "mail_options")
     _check_options(m.rcpt_options, "rcpt_options")
+    for name in ("recipients", "cc", "bcc"):
+        if isinstance(getattr(m, name), str | bytes):
+            # Flask-Mail iterates it: "b@example.org" became 13 one-character recipients
+            # (fuzz review). Sender.send refuses the same mistake.
+            raise MessageError(f"{name} must be a list of addresses, not one str")
     if m.has_bad_headers():
         raise MessageError("a header contains CR or LF (header injection refused)")
     try:
