@@ -310,6 +310,16 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 SRS0=HHH=TT=example.com=ann@fwd.example", "x@y.example",
          "550 S***@fwd.example"),
         ("550 ann@example.org。", "ann@example.org", "550 a***@example.org。"),
+        # ninth review: a quote with no opening one, an escaped quote, an "@" inside a
+        # quoted local part, characters beyond atext, a comment or a space before "@"
+        ('550 <bob.jones"@example.org>', "x@y.example", "550 <b***@example.org>"),
+        ('550 "bob.jones\\"x"@example.org', "x@y.example", '550 "***@example.org'),
+        ('550 <"bob@jones"@example.org>', "x@y.example", '550 <"***@example.org>'),
+        ("550 <pau.col\u00b7lecta@example.cat>", "x@y.example", "550 <p***@example.cat>"),
+        ("550 jordi\u200dpuig@example.org", "x@y.example", "550 j***@example.org"),
+        ("550 bob.jones(comment)@example.org", "x@y.example", "550 b***@example.org"),
+        ("550 <bob.jones @example.org>", "x@y.example", "550 <b***@example.org>"),
+        ("550 bob.jones\\@example.org", "x@y.example", "550 b***@example.org"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(
@@ -318,6 +328,39 @@ def test_the_reply_text_masks_every_spelling_of_the_recipient(
     from mailpolicy._events import shown_text
 
     assert shown_text(text, address, "mask") == shown
+
+
+def test_a_cut_without_white_space_leaves_no_piece_of_an_address() -> None:
+    """The 1,200-character cut before masking split "bob.jones@..." before its "@" was
+    seen, and "bob.j" was shown (ninth review)."""
+    from mailpolicy._events import shown_text
+
+    text = "550," + ("y" * 250 + "@d.o,") * 4 + "q" * 170 + "," + "bob.jones@example.org"
+    assert "bob" not in shown_text(text, "ann@example.org", "mask")
+
+
+def test_the_hash_of_one_mailbox_is_one_token_and_of_another_another() -> None:
+    """NFD and NFC, a trailing dot: one mailbox, one digest; "strasse@" is not
+    "straße@" (case folding made it the recipient's digest: ninth review)."""
+    from mailpolicy._events import show_recipient, shown_text
+
+    nfc, nfd = "jürgen@münchen.example", "ju\u0308rgen@münchen.example"
+    assert show_recipient(nfc, "hash") == show_recipient(nfd, "hash")
+    assert show_recipient("ann@example.org.", "hash") == show_recipient("ann@example.org", "hash")
+    other = shown_text("550 strasse@example.org", "straße@example.org", "hash")
+    assert show_recipient("straße@example.org", "hash") not in other
+
+
+def test_a_reply_of_many_addresses_is_masked_and_cut_to_the_events_length() -> None:
+    """1,200 characters of short Unicode addresses cost 10 ms per event, per recipient
+    (ninth review): masking stops once twice the event's length is written, and what
+    is shown is cut as any text."""
+    from mailpolicy._events import MAX_EVENT_TEXT, shown_text
+
+    text = " ".join(f"b{i}@xn--mnchen-3ya{i}.example" for i in range(60))
+    shown = shown_text(text, "ann@example.org", "hash")
+    assert len(shown) <= MAX_EVENT_TEXT
+    assert shown.endswith(" …")
 
 
 def test_the_hash_style_shows_the_recipients_digest_and_hashes_the_others() -> None:

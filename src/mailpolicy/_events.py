@@ -9,6 +9,7 @@ Recipients are masked by default; passwords never appear.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -50,9 +51,10 @@ def show_recipient(address: str, style: RecipientStyle) -> str:
     local, at, domain = address.rpartition("@")
     if style == "hash":
         # Hashed as the suppression list keys it (lower-cased, the domain as its A-label),
-        # so Ann@Example.ORG, ann@example.org and a Unicode domain's two spellings are
+        # in Unicode's composed form and without a trailing dot, so Ann@Example.ORG,
+        # ann@example.org, a Unicode domain's two spellings and an NFD local part are
         # one token.
-        key = normalise_address(address)
+        key = _mailbox_key(address)
         digest = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:16]
         return f"sha256:{digest}@{key.rpartition('@')[2]}" if at else f"sha256:{digest}"
     if not at:  # a mistyped address ("ann.example.org"): no domain to show, mask it all
@@ -154,19 +156,29 @@ _MAX_SCANNED: Final = 16 * MAX_EVENT_TEXT
 _MAX_LOCAL: Final = 64
 
 
-#: What may make up a local part as servers quote it: RFC 5322 atext and the dot, and
-#: (RFC 6531) any Unicode letter, digit or combining mark. Whatever else bounds it.
+#: What may make up a local part as servers quote it: RFC 5322 atext and the dot and,
+#: beyond ASCII (RFC 6531 allows any character), everything but white space, controls,
+#: brackets and quotation marks (the Catalan middle dot, a zero-width joiner, a symbol).
+#: Whatever else bounds it.
 _LOCAL_PUNCTUATION: Final = frozenset("!#$%&'*+-/=?^_`{|}~.")
+_NOT_LOCAL_CATEGORIES: Final = frozenset({"Zs", "Zl", "Zp", "Cc", "Ps", "Pe", "Pi", "Pf"})
 #: What may make up a domain: letters, digits, marks, hyphens and the dots (the
 #: ideographic and full-width ones too, which IDNA reads as dots).
 _DOMAIN_PUNCTUATION: Final = frozenset("-._\u3002\uff0e\uff61")
 #: What a domain does not end with: a sentence's full stop or hyphen.
 _TRAILING: Final = ".-\u3002\uff0e\uff61"
+#: "@" and its full-width and small forms, which some servers' texts use.
+_AT_SIGNS: Final = "@\uff20\ufe6b"
+_AT_SIGN: Final = re.compile("[@\uff20\ufe6b]")
+#: A quoted local part ('"john doe"@', escapes included) before an at-sign.
+_QUOTED_LOCAL: Final = re.compile(r'"(?:[^"\\\r\n]|\\.){0,130}"(?=[@\uff20\ufe6b])')
 #: A key a server writes before an address without a separator ("to=ann@x").
 _KEY_PREFIX: Final = re.compile(r"(?:to|from|rcpt|orcpt|recipient|sender|user|mailbox)=", re.I)
 #: RFC 5321 §4.5.3.1: at most 255 octets of domain; a quoted local part of 64 and quotes.
 _MAX_DOMAIN: Final = 255
-_MAX_QUOTED: Final = _MAX_LOCAL + 2
+#: Output past which masking stops: the event shows MAX_EVENT_TEXT characters, and
+#: masking 1,200 characters of short Unicode addresses cost 10 ms (review).
+_MASKED_ENOUGH: Final = 2 * MAX_EVENT_TEXT
 #: Local parts too common to be anyone's: an echo of one alone stays readable.
 _GENERIC_LOCAL_PARTS: Final = frozenset(
     {"user", "mail", "info", "admin", "support", "contact", "sales", "office", "postmaster",
@@ -174,15 +186,20 @@ _GENERIC_LOCAL_PARTS: Final = frozenset(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=512)
 def _mailbox_key(address: str) -> str:
-    """One form for every spelling of a mailbox: NFC, case-folded, the domain as its
-    A-label, no trailing dot (a server may quote what it got in another form)."""
-    key = normalise_address(unicodedata.normalize("NFC", address.rstrip(".")))
-    return unicodedata.normalize("NFC", key).casefold()
+    """One form for every spelling of a mailbox: composed (NFC), lower-cased, the domain
+    as its A-label, no trailing dot (a server may quote what it got in another form).
+    Lower-cased, not case-folded: "strasse@" is not "straße@". Kept for repeated
+    tokens (a reply listing one address per line, the IDNA conversion per token)."""
+    key = normalise_address(unicodedata.normalize("NFC", address).rstrip("."))
+    return unicodedata.normalize("NFC", key)
 
 
 def _in_local(ch: str) -> bool:
-    return ch.isalnum() or ch in _LOCAL_PUNCTUATION or _is_mark(ch)
+    if ch.isascii():
+        return ch.isalnum() or ch in _LOCAL_PUNCTUATION
+    return ch not in _AT_SIGNS and unicodedata.category(ch) not in _NOT_LOCAL_CATEGORIES
 
 
 def _in_domain(ch: str) -> bool:
@@ -191,6 +208,10 @@ def _in_domain(ch: str) -> bool:
 
 def _is_mark(ch: str) -> bool:
     return not ch.isascii() and unicodedata.category(ch).startswith("M")
+
+
+def _in_address(ch: str) -> bool:
+    return _in_local(ch) or _in_domain(ch) or ch in _AT_SIGNS or ch in '"\\'
 
 
 def shown_text(text: str, address: str, style: RecipientStyle) -> str:
@@ -210,7 +231,7 @@ def shown_text(text: str, address: str, style: RecipientStyle) -> str:
     line = _whole_words(" ".join(_whole_words(text, _MAX_SCANNED).split()), MAX_EVENT_TEXT * 4)
     if style == "full":
         return _cut(line)
-    if "@" in line:
+    if _AT_SIGN.search(line):
         line = _addresses_masked(line, address, style)
     if "@" not in address:
         return _cut(line)
@@ -232,47 +253,85 @@ def shown_error(exc: BaseException | None, style: RecipientStyle) -> str:
 
 def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
     """``line`` with each address in it masked (see :func:`shown_text`). Linear: each
-    character is looked at a bounded number of times (runs end at the "@" before)."""
+    character is looked at a bounded number of times (runs stop at the address before),
+    and masking stops once enough has been written for the event."""
     wanted = None if "@" not in address else _mailbox_key(address)
+    # Quoted local parts first: one may hold an "@" of its own ('"bob@x"@example.org').
+    quoted = [(m.start(), m.end()) for m in _QUOTED_LOCAL.finditer(line)]
+    q = 0  # the first quoted local part not yet behind us
     out: list[str] = []
+    written = 0
     done = 0  # where the text not yet copied starts (after the last address masked)
-    at = line.find("@")
-    while at != -1:
-        start = at
-        if at - 1 > done and line[at - 1] == '"':  # a quoted local part: '"john doe"@x'
-            opening = line.rfind('"', max(done, at - 1 - _MAX_QUOTED), at - 1)
-            start = opening if opening != -1 else at
+    for found in _AT_SIGN.finditer(line):
+        at = found.start()
+        while q < len(quoted) and quoted[q][1] < at:
+            q += 1
+        if at < done or (q < len(quoted) and quoted[q][0] < at < quoted[q][1]):
+            continue  # inside a quoted local part: its own "@" belongs to it
+        if q < len(quoted) and quoted[q][1] == at and quoted[q][0] >= done:
+            start = quoted[q][0]
         else:
-            while start > done and at - start < 4 * _MAX_LOCAL and _in_local(line[start - 1]):
-                start -= 1
-            # Punctuation before the first letter or digit is taken as what surrounds
-            # the address ("'ann@x'", "{ann@x}", "bob@x.org/ann@y"): at most one
-            # character of a local part that starts so is shown.
-            while start < at - 1 and line[start] in _LOCAL_PUNCTUATION:
-                start += 1
-            key = _KEY_PREFIX.match(line, start)
-            if key is not None and key.end() < at:
-                start = key.end()
-        end = at + 1
-        if line.startswith("[", end):  # an address literal: "zz@[192.0.2.1]"
-            close = line.find("]", end, end + 64)
-            end = close + 1 if close != -1 else end
-        else:
-            while end < len(line) and end - at <= _MAX_DOMAIN and _in_domain(line[end]):
-                end += 1
-            while end > at + 1 and line[end - 1] in _TRAILING:
-                end -= 1
-        if start == at:  # nothing before the "@" ("@example.org", "a @ b"): no address
-            at = line.find("@", at + 1)
+            start = _local_start(line, at, done)
+        if start == at:  # nothing before the "@" ("@example.org"): no address
             continue
+        end = _domain_end(line, at)
         out.append(line[done:start])
         out.append(_masked(line[start:end], address, wanted, style))
+        written += len(out[-1]) + len(out[-2])
         done = end
-        at = line.find("@", end)
+        if written > _MASKED_ENOUGH:  # the rest is past what the event shows
+            out.append(" …")
+            return "".join(out)
     if not out:
         return line
     out.append(line[done:])
     return "".join(out)
+
+
+def _local_start(line: str, at: int, done: int) -> int:
+    """Where the local part before the at-sign at ``at`` starts (``at`` when there is
+    none), not before ``done``: the run of local-part characters, after white space and
+    a comment between it and the "@" ("bob (work) @x"), a quote without its opening one
+    taken as part of it; punctuation before its first letter or digit, and a key such
+    as "to=", are what surrounds it."""
+    i = at
+    if i > done and line[i - 1] == " ":
+        i -= 1
+    if i > done and line[i - 1] == ")":
+        opening = line.rfind("(", max(done, i - 1 - 2 * _MAX_LOCAL), i - 1)
+        if opening != -1:
+            i = opening
+            if i > done and line[i - 1] == " ":
+                i -= 1
+    start = i
+    while (
+        start > done
+        and i - start < 4 * _MAX_LOCAL
+        and (_in_local(line[start - 1]) or line[start - 1] in '"\\')
+    ):
+        start -= 1
+    if start == i:
+        return at
+    while start < i - 1 and not line[start].isalnum():
+        start += 1
+    key = _KEY_PREFIX.match(line, start)
+    if key is not None and key.end() < i:
+        start = key.end()
+    return start
+
+
+def _domain_end(line: str, at: int) -> int:
+    """Where the domain after the at-sign at ``at`` ends: an address literal to its
+    "]", else the run of domain characters without a trailing full stop or hyphen."""
+    end = at + 1
+    if line.startswith("[", end):  # an address literal: "zz@[192.0.2.1]"
+        close = line.find("]", end, end + 64)
+        return close + 1 if close != -1 else end
+    while end < len(line) and end - at <= _MAX_DOMAIN and _in_domain(line[end]):
+        end += 1
+    while end > at + 1 and line[end - 1] in _TRAILING:
+        end -= 1
+    return end
 
 
 def _masked(token: str, address: str, wanted: str | None, style: RecipientStyle) -> str:
@@ -297,7 +356,14 @@ def _whole_words(text: str, limit: int) -> str:
     space = len(piece) - 1  # back to the last whitespace, of any kind str.split() splits on
     while space >= 0 and not piece[space].isspace():
         space -= 1
-    return piece[:space] if space > 0 else piece
+    if space > 0:
+        return piece[:space]
+    # No white space at all: a hard cut, without the characters an address could be
+    # made of at its end (the piece of one the cut split: "...,bob.j").
+    end = len(piece)
+    while end > 0 and _in_address(piece[end - 1]):
+        end -= 1
+    return piece[:end]
 
 
 def _replace_alone(
