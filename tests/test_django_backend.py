@@ -759,6 +759,39 @@ def test_auth_over_plaintext_when_allowed(smtp_server_factory: Factory) -> None:
     assert [(a.login, a.success) for a in server.auth_attempts] == [("app", True)]
 
 
+def test_the_header_rewrite_takes_what_django_takes(site: SMTPTestServer) -> None:
+    """Ninth review: a from_email given as an email.headerregistry.Address failed the
+    send (TypeError); Sender and Resent-* headers kept IDNA 2003; on 5.2 a Unicode
+    local part kept its domain's IDNA 2003 form, and a rewritten header moved to the end
+    of the header block."""
+    from email.headerregistry import Address
+
+    m = message("bob@example.org", from_email=Address("Jörg", "j", "faß.example"))
+    m.extra_headers["Sender"] = "s@faß.example"
+    m.extra_headers["Resent-From"] = "r@straße.example"
+    assert m.send() == 1
+    parsed = site.messages[0].parsed()
+    assert parsed["From"].addresses[0].addr_spec == "j@xn--fa-hia.example"
+    assert str(parsed["Sender"]) == "s@xn--fa-hia.example"
+    assert str(parsed["Resent-From"]) == "r@xn--strae-oqa.example"
+    plain = message("bob@example.org", cc=["c@faß.example"])
+    assert plain.send() == 1
+    order = [name for name, _ in site.messages[1].parsed().items()]
+    django_order = [name for name, _ in plain.message().items()]
+    assert order[: len(django_order)] == [n for n in django_order if n in order]
+
+
+@pytest.mark.skipif(django.VERSION >= (6, 1), reason="6.1 refuses a Unicode local part")
+def test_a_unicode_local_part_beside_gets_its_domain_in_idna_2008_on_5_2(
+    site: SMTPTestServer,
+) -> None:
+    m = message("jörg@faß.example")
+    assert m.send() == 1
+    raw = site.messages[0].data.split(b"\r\n\r\n")[0]
+    assert b"@xn--fa-hia.example" in raw
+    assert b"@fass.example" not in raw
+
+
 def test_a_wrong_password_costs_one_auth_and_leaks_nowhere(smtp_server_factory: Factory) -> None:
     """The backend's own open() called smtplib's login(): one failed AUTH per mechanism
     the server offered, a traceback through login()'s frames whose locals hold the
@@ -789,6 +822,47 @@ def test_a_wrong_password_costs_one_auth_and_leaks_nowhere(smtp_server_factory: 
     assert good.open() is True
     assert (good.connection.user, good.connection.password) == (None, None)  # type: ignore[union-attr]
     good.close()
+
+
+def test_a_malformed_auth_challenge_leaves_no_password_in_the_traceback() -> None:
+    """A server answering AUTH CRAM-MD5 with "334 a" makes smtplib raise binascii.Error,
+    not an SMTPException: it went out with login()'s frames, password in their locals
+    (ninth review). Raised as Django's backend raises it, without those frames. A raw
+    server on loopback: the scripted one answers AUTH itself."""
+    import binascii
+    import socket
+    import threading
+    import traceback
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 raw.test ESMTP\r\n")
+            lines.readline()  # EHLO
+            conn.sendall(b"250-raw.test\r\n250 AUTH CRAM-MD5 PLAIN LOGIN\r\n")
+            lines.readline()  # AUTH CRAM-MD5
+            conn.sendall(b"334 a\r\n")
+            lines.readline()
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    backend = EmailBackend(
+        host="127.0.0.1", port=listener.getsockname()[1], username="app",
+        password=PASSWORD, allow_insecure_auth=True,
+    )  # fmt: skip
+    try:
+        with pytest.raises(binascii.Error) as info:
+            backend.open()
+    finally:
+        backend.close()
+        listener.close()
+        serving.join(timeout=5)
+    rendered = "".join(
+        traceback.TracebackException.from_exception(info.value, capture_locals=True).format()
+    )
+    assert PASSWORD not in rendered
 
 
 def test_a_username_without_auth_offered_is_smtplibs_error(site: SMTPTestServer) -> None:

@@ -152,6 +152,22 @@ class MailpolicySMTPBackendTests(django_tests.SMTPBackendTests):  # type: ignore
             got = [(a.display_name, a.username, a.domain) for a in ours.addresses]
             assert got == expected, (reply_to, got, expected)
 
+    def test_mailpolicy_an_address_sender_and_other_address_headers(self) -> None:
+        """A from_email given as an email.headerregistry.Address failed the send with a
+        TypeError, and Sender / Resent-From kept IDNA 2003 (ninth review)."""
+        from email.headerregistry import Address
+
+        email = EmailMessage(
+            from_email=Address("Jörg", "j", "faß.example"),  # type: ignore[arg-type]  # Django takes any str()-able
+            to=["bob@example.org"],
+            headers={"Sender": "s@faß.example", "Resent-From": "r@straße.example"},
+        )
+        assert self.create_backend().send_messages([email]) == 1
+        message = self.get_the_message()
+        assert message["From"].addresses[0].addr_spec == "j@xn--fa-hia.example"
+        assert message["Sender"] == "s@xn--fa-hia.example"
+        assert message["Resent-From"] == "r@xn--strae-oqa.example"
+
 
 for _name in EXCEPTIONS:
     setattr(

@@ -59,23 +59,49 @@ _MODERN: Final = django.VERSION >= (6, 1)
 _SMTP: Final = smtplib.SMTP
 
 
-def _addr_spec(address: str | tuple[str, str]) -> str:
+def _addr_spec(address: object) -> str:
     """The addr-spec of an entry that passed ``sanitize_address()`` (one mailbox, a
-    header-style string or a (name, address) tuple), as the user wrote it."""
+    header-style string or a (name, address) tuple), as the user wrote it; anything
+    else (an ``email.headerregistry.Address``, a lazy string) as Django reads it, by
+    ``str()``."""
     if isinstance(address, tuple):
-        return address[1]
+        return str(address[1])
+    address = str(address)
     found = split_addresses(address)
     return found[0] if len(found) == 1 else address
 
 
-#: The address headers Django 5.2 writes from an EmailMessage's fields (or their
-#: ``extra_headers`` overrides).
-_FIELD_HEADERS: Final = (
-    ("From", "from_email"),
-    ("To", "to"),
-    ("Cc", "cc"),
-    ("Reply-To", "reply_to"),
+#: The address headers Django writes from an EmailMessage's fields (or their
+#: ``extra_headers`` overrides, looked up by these exact names, as Django does).
+_FIELD_HEADERS: Final = (("To", "to"), ("Cc", "cc"), ("Reply-To", "reply_to"))
+#: Other address headers an application may give in ``extra_headers``, which Django
+#: (5.2's ``ADDRESS_HEADERS``, 6.1's address header classes) converts the same way.
+_OTHER_ADDRESS_HEADERS: Final = frozenset(
+    {"sender", "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"}
 )
+
+
+def _as_header_text(value: object) -> str:
+    """A header value as Django's message() gives it: a list joined with ", ", anything
+    else (a str, a lazy string, an ``email.headerregistry.Address``) as ``str()``."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _address_header_values(email_message: EmailMessage) -> list[tuple[str, str]]:
+    """Each address header Django wrote, with the value it wrote it from."""
+    extra = email_message.extra_headers
+    values = [("From", _as_header_text(extra.get("From", email_message.from_email)))]
+    for header, attribute in _FIELD_HEADERS:
+        given = extra[header] if header in extra else getattr(email_message, attribute)
+        values.append((header, _as_header_text(given)))
+    values.extend(
+        (name, _as_header_text(value))
+        for name, value in extra.items()
+        if isinstance(name, str) and name.lower() in _OTHER_ADDRESS_HEADERS
+    )
+    return values
 
 
 def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> None:
@@ -85,30 +111,26 @@ def _idna2008_address_headers(email_message: EmailMessage, built: Message) -> No
     message's own value, as Django writes it but with each Unicode domain as IDNA 2008
     A-labels (the Sender's envelope form): on 6.1 with the email package's parse Django
     itself used, on 5.2 with ``getaddresses`` and ``sanitize_address`` as Django's
-    SafeMIME headers do. Headers without a Unicode domain are left exactly as Django
-    wrote them; one that cannot be written so keeps Django's (never a failed send)."""
+    SafeMIME headers do; in the header's place. Headers without a Unicode domain are
+    left exactly as Django wrote them; one that cannot be written so keeps Django's
+    (anything going wrong here never fails a send)."""
     encoding = email_message.encoding or settings.DEFAULT_CHARSET
-    for header, attribute in _FIELD_HEADERS:
-        value = getattr(email_message, attribute)
-        if not isinstance(value, str):
-            value = ", ".join(str(v) for v in value) if value else ""
-        value = str(email_message.extra_headers.get(header, value))
+    try:
+        values = _address_header_values(email_message)
+    except Exception:  # a value whose str() raises: Django's headers stand
+        return
+    for header, value in values:
         if not value or value.isascii() or header not in built:
             continue
-        if _MODERN:
-            with suppress(Exception):  # anything the email package refuses: keep Django's
+        with suppress(Exception):  # anything the email package refuses: keep Django's
+            if _MODERN:
                 _rewrite_modern(built, header, value)
-            continue
-        rendered = _rendered_with_a_labels(value, encoding)
-        if rendered is None:
-            continue
-        original = built[header]
-        del built[header]
-        try:
-            # Message's own __setitem__: Django's SafeMIME one would convert it again.
-            Message.__setitem__(built, header, rendered)
-        except Exception:  # the header policy refused it (any error): keep Django's
-            Message.__setitem__(built, header, original)
+                continue
+            rendered = _rendered_with_a_labels(value, encoding)
+            if rendered is not None:
+                # Message's own replace_header: in place, and not through Django's
+                # SafeMIME __setitem__, which would convert it again.
+                Message.replace_header(built, header, rendered)
 
 
 def _wire_domain(domain: str) -> str:
@@ -139,29 +161,22 @@ def _rewrite_modern(built: Message, header: str, value: str) -> None:
 
 
 def _rendered_with_a_labels(value: str, encoding: str) -> str | None:
-    """Django 5.2: an address header's value with each Unicode domain as IDNA 2008
-    A-labels, the other addresses as Django renders them (``sanitize_address``); None
-    when no address has one that converts, or when an entry cannot be read or rendered
-    (Django's own header is then kept whole: better its IDNA 2003 than no mail)."""
+    """Django 5.2: an address header's value as Django renders it (``getaddresses``,
+    then ``sanitize_address`` per address, with the message's charset), each Unicode
+    domain given to it as IDNA 2008 A-labels; None when no address has one that
+    converts, or when an entry cannot be read or rendered (Django's own header is then
+    kept whole: better its IDNA 2003 than no mail)."""
     rendered, converted = [], False
     for name, addr in email.utils.getaddresses([value]):
         if not addr:
             return None  # an entry getaddresses could not read (Django 5.2 raises on one)
         local, at, domain = addr.rpartition("@")
-        wire = None
-        if at and local and local.isascii() and not domain.isascii():
+        wire = addr
+        if at and local and not domain.isascii():
             with suppress(idna.IDNAError):
-                wire = f"{local}@{a_label(domain)}"
+                wire, converted = f"{local}@{a_label(domain)}", True
         try:
-            if wire is not None:
-                converted = True
-                # Encoded and folded now, as Django's SafeMIME headers are (compat32
-                # writes header values as they are): RFC 2047 words of at most 75
-                # characters and no line over 998.
-                shown = name if name.isascii() else email.header.Header(name, "utf-8").encode()
-                rendered.append(email.utils.formataddr((shown, wire)))
-            else:
-                rendered.append(sanitize_address((name, addr), encoding))
+            rendered.append(sanitize_address((name, wire), encoding))
         except Exception:  # a domain not even IDNA 2003 writes, a name or address the
             return None  # header classes refuse (any error): keep Django's header
     return ", ".join(rendered) if converted else None
@@ -348,7 +363,7 @@ class EmailBackend(smtp.EmailBackend):
             return None
         return True
 
-    def _login(self, connection: smtplib.SMTP) -> OSError | None:
+    def _login(self, connection: smtplib.SMTP) -> Exception | None:
         """``connection.login()`` as Django calls it, with what the Sender's AUTH does
         (security review): one mechanism, not each the server offers (smtplib's login
         tries the next after a 535: two or three failed AUTHs per wrong password); the
@@ -361,14 +376,17 @@ class EmailBackend(smtp.EmailBackend):
         chosen = next((m for m in order if m in advertised), None)
         if chosen is not None:  # login() tries what the server advertised: this one
             connection.esmtp_features["auth"] = chosen
-        failure: OSError | None = None
+        failure: Exception | None = None
         try:
             connection.login(self.username or "", self.password or "")
         except UnicodeEncodeError:  # its text quotes a character of the password
             failure = smtplib.SMTPException(
                 "the SMTP username or password has non-ASCII characters, which smtplib cannot send"
             )
-        except smtplib.SMTPException as exc:
+        except Exception as exc:  # every kind: login()'s frames hold the password
+            # SMTPException, or what a malformed challenge makes smtplib raise
+            # (binascii.Error from "334 a": ninth review): the same type, as Django's
+            # backend would raise it, without the traceback.
             try:
                 failure = type(exc)(*exc.args)
             except Exception:  # an exception class with another signature
