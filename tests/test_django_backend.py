@@ -299,6 +299,20 @@ def test_a_unicode_local_part_is_sent_as_written_with_smtputf8(site: SMTPTestSer
     assert site.messages[0].smtputf8
 
 
+def test_a_long_reply_after_the_dot_is_not_a_bounce_through_djangos_connection(
+    site: SMTPTestServer,
+) -> None:
+    """The backend hands its own smtplib.SMTP to the Sender, which read replies without
+    the caps: a "250" over 8 KiB after the final dot, smtplib's made-up 500, was a
+    permanent bounce of a message the server had taken (tenth review)."""
+    site.script.end_of_data("250 2.0.0 Ok " + "x" * 9000)
+    m = message("ann@example.org")
+    with pytest.raises(DeliveryIncomplete):
+        mail.get_connection().send_messages([m])
+    assert states(m) == {"ann@example.org": ("deferred", "network_error")}
+    assert report_of(m).outcomes[0].ambiguous
+
+
 # --- deferred and held: no store yet ------------------------------------------------------
 
 

@@ -344,3 +344,30 @@ def test_a_reply_line_past_smtplibs_limit_is_unreadable_not_a_made_up_500(
         assert (o.state, o.attempts) == ("delivered", 2)
     else:
         assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", True)
+
+
+@pytest.mark.parametrize(
+    ("stage", "reply"),
+    [
+        ("mail", "250-ok\n" + "250-X-PADDING\n" * 300 + "250 ok"),
+        ("end_of_data", "250 2.0.0 Ok " + "x" * 9000),
+    ],
+)
+def test_a_connection_handed_over_is_bounded_too(
+    smtp_server: SMTPTestServer, stage: str, reply: str
+) -> None:
+    """The caps and the long-line rule held only for connections the Sender opened; the
+    Django backend hands over its own smtplib.SMTP, so a flood grew it by gigabytes and
+    a long "250" after the final dot was a permanent 500 bounce (tenth review)."""
+    import smtplib
+
+    smtp_server.script.on(stage, reply)  # type: ignore[arg-type]
+    conn = smtplib.SMTP(smtp_server.host, smtp_server.port, local_hostname="client.test")
+    conn.ehlo()
+    s = sender(smtp_server, security="none", connection=conn)
+    (o,) = s.send(message()).outcomes
+    if stage == "end_of_data":  # after the dot: ambiguous, never retried inline
+        assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", True)
+    else:  # the flood abandoned; a reused connection's loss is retried on a new one
+        assert o.state == "delivered"
+        assert smtp_server.connections == 2

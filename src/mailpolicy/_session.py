@@ -55,15 +55,16 @@ class _DeadlineFile:
     :data:`MAX_REPLY_LINES` lines or :data:`MAX_REPLY_BYTES` bytes ends the connection
     (an ``OSError``, which smtplib turns into ``SMTPServerDisconnected``)."""
 
-    def __init__(self, raw: Any, conn: _SMTP) -> None:
+    def __init__(self, raw: Any, conn: smtplib.SMTP) -> None:
         self._raw = raw
         self._conn = conn
+        self._in_reply = False  # a continuation line ("250-") was the last one read
         self._lines = 0
         self._bytes = 0
         self._timeout: float | None = None
         self._reply_deadline: float | None = None
 
-    def start_reply(self) -> None:
+    def _start_reply(self) -> None:
         """A new reply begins: its own limits, from the socket timeout set for it."""
         self._lines = self._bytes = 0
         sock = self._conn.sock
@@ -71,7 +72,9 @@ class _DeadlineFile:
         self._reply_deadline = None if self._timeout is None else time.monotonic() + self._timeout
 
     def readline(self, limit: int = -1) -> bytes:
-        deadline, sock = self._conn.reply_deadline, self._conn.sock
+        if not self._in_reply:  # the first line of a reply
+            self._start_reply()
+        deadline, sock = getattr(self._conn, "reply_deadline", None), self._conn.sock
         own = self._reply_deadline
         if own is not None and (deadline is None or own < deadline):
             deadline = own
@@ -96,7 +99,8 @@ class _DeadlineFile:
                 f"reply too long (more than {MAX_REPLY_LINES} lines or "
                 f"{MAX_REPLY_BYTES // 1024} KiB): connection abandoned"
             )
-        if line[3:4] != b"-" and sock is not None and own is not None:
+        self._in_reply = line[3:4] == b"-"
+        if not self._in_reply and sock is not None and own is not None:
             # The reply's last line: the next reply of the same command (an AUTH
             # exchange) starts from the command's timeout, not from what this one left.
             sock.settimeout(self._timeout)
@@ -114,10 +118,7 @@ class _SMTP(smtplib.SMTP):
         super().__init__(*args, **kwargs)
 
     def getreply(self) -> tuple[int, bytes]:
-        if self.file is None and self.sock is not None:
-            self.file = _DeadlineFile(self.sock.makefile("rb"), self)
-        if isinstance(self.file, _DeadlineFile):
-            self.file.start_reply()
+        _bounded_reader(self)
         return super().getreply()
 
 
@@ -126,10 +127,20 @@ class _SMTPS(_SMTP, smtplib.SMTP_SSL):
     puts SMTP_SSL's ``__init__`` and connect after :class:`_SMTP`'s)."""
 
 
+def _bounded_reader(conn: smtplib.SMTP) -> None:
+    """Read ``conn``'s replies through :class:`_DeadlineFile`: ours do so from their
+    first reply; a connection handed over by the caller (a plain ``smtplib.SMTP``, as
+    the Django backend's is) from the next command on, its buffered reader wrapped, not
+    replaced (review: without it, neither the size caps nor the deadlines held). Again
+    after STARTTLS, where smtplib drops its reader."""
+    if conn.sock is not None and not isinstance(conn.file, _DeadlineFile):
+        conn.file = _DeadlineFile(
+            conn.file if conn.file is not None else conn.sock.makefile("rb"), conn
+        )
+
+
 def _set_reply_deadline(conn: smtplib.SMTP, deadline: float | None) -> None:
-    # A connection handed over by the caller is a plain smtplib.SMTP: per-line timeouts.
-    if isinstance(conn, _SMTP):
-        conn.reply_deadline = deadline
+    conn.reply_deadline = deadline  # type: ignore[attr-defined]  # read by _DeadlineFile
 
 
 @functools.cache
@@ -408,6 +419,7 @@ class Session:
         to what is left of the in-request deadline (DESIGN.md §4), which also bounds the
         whole reply however slowly its lines come."""
         _set_reply_deadline(conn, self.settings.deadline_at)
+        _bounded_reader(conn)
         if conn.sock is not None:
             conn.sock.settimeout(self.settings.wait_for(self.settings.timeout))
 
