@@ -1055,6 +1055,17 @@ def test_a_bounce_is_read_up_to_its_first_megabytes() -> None:
     assert r.status == "5.1.1"
 
 
+def test_lines_of_dashes_in_a_returned_message_are_not_mime_parts() -> None:
+    """Every line starting with "--" was counted: a returned message with an ASCII table
+    or a signature separator was refused, its hard bounce never suppressed (tenth
+    review). Only "--" and a declared boundary counts."""
+    returned = "--B\nContent-Type: message/rfc822\n\nSubject: x\n\n"
+    returned += "".join(f"--- item {i} ----\n" for i in range(1500)) + "--B--\n"
+    text = wrap(f"{STATUS}Action: failed\nStatus: 5.1.1\n").replace("--B--\n", returned)
+    (r,) = parse_dsn(text).recipients
+    assert r.status == "5.1.1"
+
+
 def test_a_bounce_of_thousands_of_mime_parts_is_refused() -> None:
     """100,000 empty parts (683 KB) cost the email package 8 s: refused unread."""
     parts = "--B\nContent-Type: text/plain\n\n\n" * 5000
