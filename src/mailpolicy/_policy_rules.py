@@ -106,42 +106,94 @@ def _when(value: object, source: str, path: str) -> When:
 
 
 def backtracking_risk(pattern: str) -> str | None:
-    """What makes ``pattern`` liable to catastrophic backtracking, or None: a repeat
-    or alternatives inside an unbounded repeat (``(a+)+``, ``(\\w+\\s?)*``,
-    ``(a|aa)+``), or a backreference. A reply is the server's text: "450 " and 28 "a"
-    made ``(a+)+$`` take 18 s in the worker (fuzz review), and Python's re has no
-    timeout. Possessive repeats and atomic groups never backtrack into and are allowed.
-    The parse is the re module's own (``re._parser``); without it, nothing is refused."""
+    """What makes ``pattern`` liable to catastrophic backtracking, or None: a repeat or
+    alternatives inside a repeat of more than once (``(a+)+``, ``(a+){1,30}``,
+    ``(\\w+\\s?)*``, ``(a|aa)+``), or a backreference. A reply is the server's text:
+    "450 " and 28 "a" made ``(a+)+$`` take 18 s in the worker (fuzz review), and
+    Python's re has no timeout.
+
+    Allowed inside a repeat, as they cannot split the text two ways: a fixed count of
+    one character (``(\\d{3})+``); a repeat of one character followed by a literal it
+    cannot match (``(\\w+\\.)+``), or, last in the repeated part, one the part starts
+    with (``( [a-z]+)*``); alternatives that start with different literal characters
+    (``(?:blocked|listed)+``); possessive repeats and atomic groups (never backtracked
+    into). The parse is the re module's own (``re._parser``); without it, nothing is
+    refused."""
     try:
         c: Any = importlib.import_module("re._constants")
         _parser: Any = importlib.import_module("re._parser")
+        _compiler: Any = importlib.import_module("re._compiler")
         parsed = _parser.parse(pattern, re.IGNORECASE)
     except Exception:  # another Python's layout: compiled above, not screened here
         return None
     repeats = {c.MAX_REPEAT, c.MIN_REPEAT}
     safe = {getattr(c, "POSSESSIVE_REPEAT", None), getattr(c, "ATOMIC_GROUP", None)} - {None}
+    single = {c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY, c.CATEGORY}
 
-    def walk(items: Any, inside: bool) -> str | None:
-        for op, av in items:
+    def matches(item: Any, ch: str) -> bool:
+        """Whether the one-character item matches ``ch`` in either case."""
+        try:
+            one = _compiler.compile(_parser.SubPattern(parsed.state, [item]), re.IGNORECASE)
+        except Exception:  # cannot tell: as if it did
+            return True
+        return any(one.fullmatch(x) for x in {ch, ch.lower(), ch.upper()})
+
+    def delimited(body: Any, after: Any) -> bool:
+        """A repeat of ``body`` (one character) that ``after`` (a literal) ends."""
+        return (
+            len(body) == 1
+            and body[0][0] in single
+            and after is not None
+            and after[0] == c.LITERAL
+            and not matches(body[0], chr(after[1]))
+        )
+
+    def first_item(items: Any) -> Any:
+        while items and items[0][0] == c.SUBPATTERN:
+            items = items[0][1][3]
+        return items[0] if items else None
+
+    def distinct_starts(alternatives: Any) -> bool:
+        starts = [first_item(alt) for alt in alternatives]
+        if not all(s is not None and s[0] == c.LITERAL for s in starts):
+            return False
+        chars = [chr(s[1]).lower() for s in starts]
+        return len(set(chars)) == len(chars)
+
+    def walk(items: Any, inside: bool, wrap: Any) -> str | None:
+        """``inside``: within a repeat of more than once, whose repeated part starts
+        with ``wrap`` (what follows the last item of an iteration)."""
+        for i, (op, av) in enumerate(items):
             if op in (c.GROUPREF, c.GROUPREF_EXISTS):
                 return "a backreference"
+            found = None
             if op in repeats:
+                low, high, body = av
                 if inside:
-                    return "a repeat inside a repeat"
-                found = walk(av[2], av[1] == c.MAXREPEAT)
+                    after = items[i + 1] if i + 1 < len(items) else wrap
+                    fixed = low == high and len(body) == 1 and body[0][0] in single
+                    if not (fixed or delimited(body, after)):
+                        return "a repeat inside a repeat"
+                    continue
+                found = walk(body, high > 1, first_item(body))
             elif op == c.BRANCH and inside:
-                return "alternatives inside a repeat"
+                if not distinct_starts(av[1]):
+                    return "alternatives inside a repeat"
+                for alternative in av[1]:
+                    found = found or walk(alternative, inside, wrap)
             else:
-                found = None
+                last = i + 1 == len(items)
                 for child in av if isinstance(av, tuple | list) else ():
                     for sub in child if isinstance(child, list) else [child]:
                         if isinstance(sub, _parser.SubPattern):
-                            found = found or walk(sub, inside and op not in safe)
+                            within = inside and op not in safe
+                            follow = wrap if last else items[i + 1]
+                            found = found or walk(sub, within, follow)
             if found:
                 return found
         return None
 
-    return walk(parsed, False)
+    return walk(parsed, False, None)
 
 
 def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:
