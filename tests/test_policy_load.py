@@ -445,3 +445,40 @@ def test_a_policy_path_that_is_not_a_small_regular_file_is_a_policy_error(tmp_pa
     for bad in (f"{tmp_path}/{'x' * 300}.toml", f"{tmp_path}/a\x00b.toml"):
         with pytest.raises(PolicyError, match="cannot read the file"):
             load_policy(bad)
+
+
+def test_a_retargeted_parent_symlink_and_another_directory_are_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache keyed files by their resolved path: a parent reached through a symlink
+    retargeted since kept the old policy; the same relative name from another directory
+    (one a symlink to the other's file) got the other's parent (tenth review)."""
+    for version, attempts in (("v1", 2), ("v2", 4)):
+        write(tmp_path, f"base_{version}", MINIMAL.format(
+            name=f"base_{version}", extra=f"[inline]\nmax_attempts = {attempts}\n"))  # fmt: skip
+    # the parent as a symlink: extends = "base.toml" -> base_v1.toml, then base_v2.toml
+    (tmp_path / "base_v1.toml").write_text(
+        (tmp_path / "base_v1.toml").read_text("utf-8").replace('"base_v1"', '"base"'), "utf-8"
+    )
+    (tmp_path / "base_v2.toml").write_text(
+        (tmp_path / "base_v2.toml").read_text("utf-8").replace('"base_v2"', '"base"'), "utf-8"
+    )
+    link = tmp_path / "base.toml"
+    link.symlink_to(tmp_path / "base_v1.toml")
+    app = write(tmp_path, "app", 'schema = 1\nname = "app"\nextends = "base.toml"\n')
+    assert load_policy(app).inline.max_attempts == 2
+    link.unlink()
+    link.symlink_to(tmp_path / "base_v2.toml")
+    assert load_policy(app).inline.max_attempts == 4
+    # the same relative name in two directories, one app.toml a symlink to the other's
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "base.toml").symlink_to(tmp_path / "base_v1.toml")
+    (b / "base.toml").symlink_to(tmp_path / "base_v2.toml")
+    (b / "app.toml").write_text(app.read_text("utf-8"), "utf-8")
+    (a / "app.toml").symlink_to(b / "app.toml")
+    monkeypatch.chdir(a)
+    assert load_policy("app.toml").inline.max_attempts == 2
+    monkeypatch.chdir(b)
+    assert load_policy("app.toml").inline.max_attempts == 4

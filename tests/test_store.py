@@ -995,6 +995,10 @@ def test_a_new_store_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
         path = tmp_path / "mail.sqlite3"
         open_store(f"sqlite:///{path}").close()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        dangling = tmp_path / "link.sqlite3"  # a symlink to a file not there yet
+        dangling.symlink_to(tmp_path / "target.sqlite3")
+        open_store(f"sqlite:///{dangling}").close()
+        assert stat.S_IMODE((tmp_path / "target.sqlite3").stat().st_mode) == 0o600
         shared = tmp_path / "shared.sqlite3"
         shared.touch(mode=0o640)
         shared.chmod(0o640)

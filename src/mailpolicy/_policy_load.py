@@ -279,17 +279,19 @@ def _path_file(path: Path, shown: str) -> _File:
     return _File(path, shown, path.stem, str(path.resolve()), path.parent)
 
 
-#: What identifies one version of a policy file: its resolved path, and the inode,
-#: size, modification and change times ``os.stat`` gave just before it was read.
-_Stamp = tuple[str, int, int, int, int]
+#: What identifies one version of a policy file: its path as referenced (absolute, not
+#: resolved), the file that path leads to now (symlinks resolved), and the inode, size,
+#: modification and change times ``os.stat`` gave just before it was read.
+_Stamp = tuple[str, str, int, int, int, int]
 
 
-def _stamp(path: str) -> _Stamp | None:
+def _stamp(referenced: str) -> _Stamp | None:
     try:
-        st = os.stat(path)
-    except OSError:
+        real = os.path.realpath(referenced)
+        st = os.stat(real)
+    except (OSError, ValueError):
         return None
-    return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (referenced, real, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 #: The largest policy file read (the shipped ones are a few kilobytes).
@@ -299,7 +301,7 @@ MAX_POLICY_BYTES: Final = 1024 * 1024
 def _read(file: _File, stamps: list[_Stamp | None] | None = None) -> dict[str, Any]:
     if stamps is not None and file.directory is not None:
         # Taken before reading: a file changed while it is read shows as changed later.
-        stamps.append(_stamp(file.key))
+        stamps.append(_stamp(os.path.abspath(str(file.resource))))
     try:
         shipped = file.directory is None
         data = file.resource.read_bytes() if shipped else _read_regular_file(file)
@@ -406,7 +408,9 @@ def _load_path(path: Path, shown: str) -> Policy:
 
 def _load_path_file(path: Path, shown: str) -> Policy:
     file = _path_file(path, shown)
-    cache_key = (file.key, file.shown)
+    # Keyed by the path as given, made absolute (not resolved): the same name from
+    # another directory, or through a symlink retargeted since, is another file.
+    cache_key = (os.path.abspath(path), file.shown)
     cached = _PATH_CACHE.get(cache_key)
     if cached is not None:
         stamps, policy = cached

@@ -348,8 +348,9 @@ class SQLiteStore:
                 f"{self._path}: the directory {str(file.parent)!r} does not exist "
                 "(the store creates its file, not directories)"
             )
-        with suppress(FileExistsError):
-            os.close(os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        with suppress(FileExistsError):  # where SQLite will create it: a symlink's target
+            target = os.path.realpath(self._path)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     # --- plumbing -------------------------------------------------------------------------
 
