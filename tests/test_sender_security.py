@@ -371,3 +371,57 @@ def test_a_connection_handed_over_is_bounded_too(
     else:  # the flood abandoned; a reused connection's loss is retried on a new one
         assert o.state == "delivered"
         assert smtp_server.connections == 2
+
+
+def _one_session_server(*replies: bytes, after_dot: bytes | None = None) -> Any:
+    """A raw SMTP server on loopback for one connection: the greeting, then ``replies``
+    to the commands in order, then (with ``after_dot``) the message and that reply."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 raw.test ESMTP\r\n")
+            for reply in replies:
+                lines.readline()
+                conn.sendall(reply)
+            if after_dot is not None:
+                while lines.readline() not in (b".\r\n", b""):
+                    pass
+                conn.sendall(after_dot)
+            lines.readline()
+        listener.close()  # one connection only: a second one is refused
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener
+
+
+def test_a_positive_reply_to_data_other_than_354_is_no_delivery() -> None:
+    """A "250" to DATA (a stale reply, a broken server) was taken for success: the
+    message reported delivered, its body never sent (eleventh review)."""
+    server = _one_session_server(b"250 raw.test\r\n", b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n")
+    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    (o,) = s.send(message()).outcomes
+    assert o.state == "deferred"
+    assert o.reason == "network_error"
+
+
+def test_a_reply_line_without_a_code_is_unreadable_not_a_desync() -> None:
+    """smtplib stops at a line without a code and leaves the rest in its buffer: every
+    later command read the reply before its own (eleventh review). After the final dot
+    such a reply is unreadable: deferred, ambiguous, never retried inline. A raw server:
+    the scripted one frames every line with its code."""
+    server = _one_session_server(
+        b"250 raw.test\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n",
+        after_dot=b"250-2.0.0 Ok: queued as\r\n    4AB12CD\r\n250 2.0.0 Ok\r\n",
+    )  # fmt: skip
+    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    (o,) = s.send(message()).outcomes
+    assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", True)

@@ -86,6 +86,13 @@ class _DeadlineFile:
             if current is None or current > left:
                 sock.settimeout(left)
         line: bytes = self._raw.readline(limit)
+        if line and not line[:3].isdigit():
+            # smtplib stops at a line without a code (returns -1) and leaves the rest of
+            # the reply in the buffer: every later command would read the reply before
+            # its own, and a stale "250" be taken for DATA's or the final dot's answer
+            # (eleventh review: undelivered mail reported delivered). Unreadable: the
+            # connection is abandoned, as for a lost one.
+            raise OSError("a reply line without a reply code: connection abandoned")
         if len(line) > _SMTPLIB_MAXLINE:
             # smtplib would raise SMTPResponseException(500, "Line too long."): a reply
             # code the server never sent, read as a permanent refusal (fuzz review; after
@@ -563,6 +570,14 @@ class Session:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
             fail_all(_lost(exc, "data", rules), str(exc), accepted)
+            return results
+        if code != 354 and code < 400:
+            # Any other positive answer to DATA is no answer to it (a stale reply, a
+            # broken server): the body was never sent. Never "delivered" (eleventh
+            # review); the connection is abandoned and the recipients tried again.
+            self.close(polite=False)
+            lost = OSError(f"unexpected reply to DATA: {_reply_text(code, reply)}")
+            fail_all(_lost(lost, "data", rules), str(lost), accepted)
             return results
         if code != 354:
             verdict, text = _verdict(code, reply, "data", host, rules)
