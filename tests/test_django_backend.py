@@ -299,6 +299,18 @@ def test_a_unicode_local_part_is_sent_as_written_with_smtputf8(site: SMTPTestSer
     assert site.messages[0].smtputf8
 
 
+def test_the_backends_own_connection_setup_reads_replies_bounded(site: SMTPTestServer) -> None:
+    """The greeting, EHLO, STARTTLS and AUTH are read in the backend's open(), before
+    the connection is the Sender's: with smtplib's own class a flood grew the process
+    by gigabytes (eleventh review). Now read as the Sender's connections read replies."""
+    site.script.ehlo("250-mx\n" + "250-X-PADDING\n" * 300 + "250 SIZE 1000")
+    backend = mail.get_connection()
+    with pytest.raises(smtplib.SMTPServerDisconnected, match="reply too long"):
+        backend.open()
+    backend.close()
+    assert mail.get_connection().send_messages([message("ann@example.org")]) == 1
+
+
 def test_a_long_reply_after_the_dot_is_not_a_bounce_through_djangos_connection(
     site: SMTPTestServer,
 ) -> None:
