@@ -256,3 +256,18 @@ def test_a_listing_limit_out_of_range_is_a_usage_error(tmp_path: Any) -> None:
     assert p.returncode == 2
     assert b"is not from 1 to 1000000" in p.stderr
     assert b"Traceback" not in p.stderr
+
+
+def test_a_carriage_return_from_others_cannot_overwrite_a_line() -> None:
+    """A bounce's text could carry a bare CR and overwrite the line on screen with
+    a forged one (eleventh review): written as \\x0d; newlines and tabs stay."""
+    import io
+
+    from mailpolicy._cli import _Escaped
+
+    buffer = io.StringIO()
+    out = _Escaped(buffer)
+    out.write("ok\rall bounces read\tfine\n")
+    out.writelines(["\x1b[2J", "\x9b"])
+    assert buffer.getvalue() == "ok\\x0dall bounces read\tfine\n\\x1b[2J\\x9b"
+    assert out.unescaped is buffer

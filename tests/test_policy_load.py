@@ -482,3 +482,28 @@ def test_a_retargeted_parent_symlink_and_another_directory_are_seen(
     assert load_policy("app.toml").inline.max_attempts == 2
     monkeypatch.chdir(b)
     assert load_policy("app.toml").inline.max_attempts == 4
+
+
+def test_a_parent_reached_through_a_symlinked_directory_and_dot_dot_is_watched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp was taken on os.path.abspath("link/../base.toml"), which drops the
+    link, while the file opened goes through it: an edit of the real parent was never
+    seen (eleventh review)."""
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real / "sub")
+    for where, attempts in ((tmp_path, 3), (real, 2)):
+        write(
+            where,
+            "base",
+            MINIMAL.format(name="base", extra=f"[inline]\nmax_attempts = {attempts}\n"),
+        )
+    write(real / "sub", "child", 'schema = 1\nname = "child"\nextends = "../base.toml"\n')
+    monkeypatch.chdir(tmp_path)
+    assert load_policy("link/child.toml").inline.max_attempts == 2  # real/base.toml
+    base = real / "base.toml"
+    base.write_text(base.read_text("utf-8").replace("= 2", "= 5"), "utf-8")
+    st = base.stat()
+    os.utime(base, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert load_policy("link/child.toml").inline.max_attempts == 5

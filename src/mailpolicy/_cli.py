@@ -6,7 +6,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO, cast
 
@@ -538,7 +538,8 @@ def _cmd_dsn(args: argparse.Namespace, out: TextIO) -> int:
         for i, name in enumerate(args.files, start=1):
             if show_progress:
                 done = int(30 * i / len(args.files))
-                sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{len(args.files)}")
+                bar = f"\r[{'#' * done}{'.' * (30 - done)}] {i}/{len(args.files)}"
+                getattr(sys.stderr, "unescaped", sys.stderr).write(bar)
             try:
                 with open(name, "rb") as fh:  # what parse_dsn reads, not /dev/zero's all
                     report = parse_dsn(fh.read(MAX_DSN_READ))
@@ -764,9 +765,10 @@ def _configure_events() -> None:
         )
 
 
-#: Control characters other than line feed, tab and carriage return (the progress bar's),
-#: C1 ones included (some terminals read U+009B as CSI).
-_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: Control characters other than line feed and tab, C1 ones included (some terminals
+#: read U+009B as CSI); a carriage return too, which would let a text overwrite the line
+#: it is on (eleventh review). The progress bar writes its own to the stream itself.
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 class _Escaped:
@@ -780,6 +782,15 @@ class _Escaped:
 
     def write(self, text: str) -> int:
         return self._stream.write(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    @property
+    def unescaped(self) -> TextIO:
+        """The stream itself, for what the command writes of its own (the progress bar)."""
+        return self._stream
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

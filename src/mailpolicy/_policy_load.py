@@ -285,6 +285,13 @@ def _path_file(path: Path, shown: str) -> _File:
 _Stamp = tuple[str, str, int, int, int, int]
 
 
+def _as_referenced(path: str) -> str:
+    """``path`` made absolute without normalising it: "link/../base.toml" must stay so,
+    as the file opened goes through the link first (os.path.abspath would drop it:
+    eleventh review)."""
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
 def _stamp(referenced: str) -> _Stamp | None:
     try:
         real = os.path.realpath(referenced)
@@ -301,7 +308,7 @@ MAX_POLICY_BYTES: Final = 1024 * 1024
 def _read(file: _File, stamps: list[_Stamp | None] | None = None) -> dict[str, Any]:
     if stamps is not None and file.directory is not None:
         # Taken before reading: a file changed while it is read shows as changed later.
-        stamps.append(_stamp(os.path.abspath(str(file.resource))))
+        stamps.append(_stamp(_as_referenced(str(file.resource))))
     try:
         shipped = file.directory is None
         data = file.resource.read_bytes() if shipped else _read_regular_file(file)
@@ -410,7 +417,7 @@ def _load_path_file(path: Path, shown: str) -> Policy:
     file = _path_file(path, shown)
     # Keyed by the path as given, made absolute (not resolved): the same name from
     # another directory, or through a symlink retargeted since, is another file.
-    cache_key = (os.path.abspath(path), file.shown)
+    cache_key = (_as_referenced(str(path)), file.shown)
     cached = _PATH_CACHE.get(cache_key)
     if cached is not None:
         stamps, policy = cached
