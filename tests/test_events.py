@@ -320,6 +320,16 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 bob.jones(comment)@example.org", "x@y.example", "550 b***@example.org"),
         ("550 <bob.jones @example.org>", "x@y.example", "550 <b***@example.org>"),
         ("550 bob.jones\\@example.org", "x@y.example", "550 b***@example.org"),
+        # eleventh review: punctuation right before the "@", a domain running into the
+        # next address, a quoted local part with a space, a local part of symbols
+        ("550 \u2018bob.secret\u2019@example.net", "x@y.example", "550 \u2018b***@example.net"),
+        ("550 <bob.secret,@example.net>", "x@y.example", "550 <b***@example.net>"),
+        ("550 (bob.secret)@example.net", "x@y.example", "550 (b***@example.net"),
+        ("550 送信者ann@example.orgと受信者bob.secret@example.net", "x@y.example",
+         "550 送***@***@example.net"),
+        ("ann@example.org.bob.secret@example.net", "x@y.example", "a***@***@example.net"),
+        ('550 "bob secret" @example.net', "x@y.example", '550 "***@example.net'),
+        ("550 \U0001f600\U0001f600\U0001f600@x.org", "x@y.example", "550 \U0001f600***@x.org"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(
@@ -347,6 +357,9 @@ def test_the_hash_of_one_mailbox_is_one_token_and_of_another_another() -> None:
     nfc, nfd = "jürgen@münchen.example", "ju\u0308rgen@münchen.example"
     assert show_recipient(nfc, "hash") == show_recipient(nfd, "hash")
     assert show_recipient("ann@example.org.", "hash") == show_recipient("ann@example.org", "hash")
+    own = show_recipient("ann@münchen.example", "hash")
+    for spelling in ('"ann"@münchen.example', "ann @münchen.example", "ann\uff20münchen.example"):
+        assert shown_text(spelling, "ann@münchen.example", "hash") == own, spelling
     other = shown_text("550 strasse@example.org", "straße@example.org", "hash")
     assert show_recipient("straße@example.org", "hash") not in other
 

@@ -171,7 +171,7 @@ _TRAILING: Final = ".-\u3002\uff0e\uff61"
 _AT_SIGNS: Final = "@\uff20\ufe6b"
 _AT_SIGN: Final = re.compile("[@\uff20\ufe6b]")
 #: A quoted local part ('"john doe"@', escapes included) before an at-sign.
-_QUOTED_LOCAL: Final = re.compile(r'"(?:[^"\\\r\n]|\\.){0,130}"(?=[@\uff20\ufe6b])')
+_QUOTED_LOCAL: Final = re.compile(r'"(?:[^"\\\r\n]|\\.){0,130}" ?(?=[@\uff20\ufe6b])')
 #: A key a server writes before an address without a separator ("to=ann@x").
 _KEY_PREFIX: Final = re.compile(r"(?:to|from|rcpt|orcpt|recipient|sender|user|mailbox)=", re.I)
 #: RFC 5321 §4.5.3.1: at most 255 octets of domain; a quoted local part of 64 and quotes.
@@ -275,8 +275,13 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
         if start == at:  # nothing before the "@" ("@example.org"): no address
             continue
         end = _domain_end(line, at)
+        shown = _masked(line[start:end], address, wanted, style)
+        if end < len(line) and line[end] in _AT_SIGNS:
+            # The domain runs into the next "@": it holds the next address's local part
+            # ("ann@example.orgと受信者bob@x", "ann@x.org.bob@y"): hidden too.
+            shown = shown.rpartition("@")[0] + "@***"
         out.append(line[done:start])
-        out.append(_masked(line[start:end], address, wanted, style))
+        out.append(shown)
         written += len(out[-1]) + len(out[-2])
         done = end
         if written > _MASKED_ENOUGH:  # the rest is past what the event shows
@@ -290,34 +295,46 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
 
 def _local_start(line: str, at: int, done: int) -> int:
     """Where the local part before the at-sign at ``at`` starts (``at`` when there is
-    none), not before ``done``: the run of local-part characters, after white space and
-    a comment between it and the "@" ("bob (work) @x"), a quote without its opening one
-    taken as part of it; punctuation before its first letter or digit, and a key such
-    as "to=", are what surrounds it."""
+    none), not before ``done``: the whole word before it (after one space: "bob @x"),
+    whatever it is made of, so no character before the "@" decides that there is no
+    address ("'bob.secret'@x", "<bob,@x>": eleventh review); from after the last
+    opening bracket or quotation mark in it ("宛先「info@x", "<bob@x"), unless that
+    opens a comment that ends at the "@" ("bob(work)@x": all of it); then without
+    punctuation before its first letter or digit, and without a key such as "to="."""
     i = at
     if i > done and line[i - 1] == " ":
         i -= 1
-    if i > done and line[i - 1] == ")":
-        opening = line.rfind("(", max(done, i - 1 - 2 * _MAX_LOCAL), i - 1)
-        if opening != -1:
-            i = opening
-            if i > done and line[i - 1] == " ":
-                i -= 1
-    start = i
+    word = i
     while (
-        start > done
-        and i - start < 4 * _MAX_LOCAL
-        and (_in_local(line[start - 1]) or line[start - 1] in '"\\')
+        word > done
+        and i - word < 4 * _MAX_LOCAL
+        and not line[word - 1].isspace()
+        and line[word - 1] not in _AT_SIGNS
     ):
-        start -= 1
-    if start == i:
+        word -= 1
+    if word == i:
         return at
-    while start < i - 1 and not line[start].isalnum():
-        start += 1
+    start = word
+    for j in range(i - 2, word - 1, -1):  # the last opening mark before the last character
+        if _opens(line[j]):
+            if not (line[j] == "(" and line[i - 1] == ")"):  # a comment: the whole word
+                start = j + 1
+            break
+    if any(ch.isalnum() for ch in line[start:i]):  # a local part of symbols: all of it
+        while start < i - 1 and not line[start].isalnum():
+            start += 1
     key = _KEY_PREFIX.match(line, start)
     if key is not None and key.end() < i:
         start = key.end()
     return start
+
+
+def _opens(ch: str) -> bool:
+    """An opening bracket or quotation mark, or a separator ("orcpt=rfc822;ann@x"); not
+    what RFC 5322 allows in a local part ("o'brien", "ann{x}")."""
+    if ch.isascii():
+        return ch in '<(["[,;:'
+    return unicodedata.category(ch) in ("Ps", "Pi")
 
 
 def _domain_end(line: str, at: int) -> int:
@@ -338,11 +355,32 @@ def _masked(token: str, address: str, wanted: str | None, style: RecipientStyle)
     """One address found in a reply, as an event shows it: the recipient's as the event
     shows the recipient, another in its own spelling, masked the same way."""
     try:
-        if wanted is not None and _mailbox_key(token) == wanted:
+        canonical = _canonical(token)
+        if wanted is not None and _mailbox_key(canonical) == wanted:
             return show_recipient(address, style)
-        return show_recipient(token, style)
+        return show_recipient(canonical, style)
     except Exception:  # an odd token normalise_address or IDNA refuses: hide all of it
-        return "***@" + token.rpartition("@")[2]
+        return "***@" + _AT_SIGN.split(token)[-1]
+
+
+_DOT_ATOM: Final = re.compile(r"[^\s\"\\(),:;<>@\[\]]+")
+
+
+def _canonical(token: str) -> str:
+    """An address as found, in the one spelling its mailbox key and digest are taken
+    from: a full-width or small at-sign as "@", a quoted local part that needs no quotes
+    unquoted, a space before the "@" dropped (eleventh review: several digests for one
+    mailbox, and none for a full-width at-sign)."""
+    local, _, domain = token.rpartition("@") if "@" in token else _at_split(token)
+    local = local.rstrip()
+    if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
+        local = local[1:-1]
+    return f"{local}@{domain}"
+
+
+def _at_split(token: str) -> tuple[str, str, str]:
+    parts = _AT_SIGN.split(token)
+    return "@".join(parts[:-1]), "@", parts[-1]
 
 
 def _whole_words(text: str, limit: int) -> str:
