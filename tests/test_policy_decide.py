@@ -220,7 +220,9 @@ def test_a_destination_can_turn_suppression_off() -> None:
     )
 
 
-def test_when_text_is_searched_only_in_the_first_8192_characters(tmp_path: Path) -> None:
+def test_when_text_is_searched_only_in_the_first_2048_characters(tmp_path: Path) -> None:
+    """2,048, not 8,192: a single repeat costs quadratic time under search(), 0.2-0.4 s a
+    rule on 8 KB of a hostile reply (eleventh review); SMTP reply lines are at most 512."""
     path = tmp_path / "texty.toml"
     path.write_text(
         'schema = 1\nname = "texty"\nextends = "default"\n'
@@ -229,8 +231,8 @@ def test_when_text_is_searched_only_in_the_first_8192_characters(tmp_path: Path)
     )
     policy = load_policy(path)
     kw = {"kind": "transient", "reason": "unknown", "code": 451, "status": None, "stage": None}
-    near = policy.decide(**kw, text="x" * 8000 + "marker")  # type: ignore[arg-type]
-    far = policy.decide(**kw, text="x" * 9000 + "marker")  # type: ignore[arg-type]
+    near = policy.decide(**kw, text="x" * 2000 + "marker")  # type: ignore[arg-type]
+    far = policy.decide(**kw, text="x" * 2100 + "marker")  # type: ignore[arg-type]
     assert (near.rule, far.rule) == ("marker", "transient")
 
 

@@ -396,6 +396,14 @@ def test_a_symlinked_policy_follows_its_target(tmp_path: Path) -> None:
         (r"(\w+\s?){1,40}$", "a repeat inside a repeat"),
         ("(.*a){10}", "a repeat inside a repeat"),
         ("(?:foo|foobar)+", "alternatives inside a repeat"),
+        # eleventh review: inside an atomic group, case-fold twins, sequences
+        (r"(?>(\w+\s?)*$)", "a repeat inside a repeat"),
+        ("(?:sx|\u017fx)+$", "alternatives inside a repeat"),
+        ("<.*@.*>.*refused", "two unbounded repeats that can match the same text"),
+        (r"\d+\s*\d+\s*\d+ x", "two unbounded repeats that can match the same text"),
+        ("[a-z]+[0-9]*[a-z]+ blocked", "two unbounded repeats that can match the same text"),
+        (r"\d+\s+\d+ x", None),  # a space ends the first
+        ("a[^b]*b[^c]*c", None),
         # what cannot split the text two ways (tenth review: these were refused)
         (r"(\w+\.)+\w+", None),
         (r"(?:\d+\.)+\d+", None),

@@ -36,7 +36,7 @@ RETRYING_ACTIONS: Final[frozenset[str]] = frozenset({"retry", "defer", "throttle
 TIMED_ACTIONS: Final[frozenset[str]] = frozenset({"retry", "defer", "throttle"})
 
 #: Only this much of a reply is searched by ``when.text`` (bounds a regex's cost).
-TEXT_SCAN: Final = 8192
+TEXT_SCAN: Final = 2048
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,10 +89,10 @@ def _when(value: object, source: str, path: str) -> When:
         pattern = f.text(raw["text"], source, f"{path}.text")
         try:
             fields["text"] = re.compile(pattern, re.IGNORECASE)
-        except re.error as exc:
+        except (re.error, RecursionError, OverflowError) as exc:
             raise PolicyError(
                 source, f"{path}.text", f"invalid regular expression {pattern!r}: {exc}"
-            ) from exc
+            ) from None
         risk = backtracking_risk(pattern)
         if risk is not None:
             raise PolicyError(
@@ -103,6 +103,13 @@ def _when(value: object, source: str, path: str) -> When:
                 "one (x++)",
             )
     return When(**fields)
+
+
+#: Characters two repeated parts are tried on to tell whether they overlap.
+_SAMPLE: Final = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    " \t\n!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00a0\u00e9\u00df\u4e2d\u017f"
+)
 
 
 def backtracking_risk(pattern: str) -> str | None:
@@ -130,13 +137,27 @@ def backtracking_risk(pattern: str) -> str | None:
     safe = {getattr(c, "POSSESSIVE_REPEAT", None), getattr(c, "ATOMIC_GROUP", None)} - {None}
     single = {c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY, c.CATEGORY}
 
+    compiled: dict[int, Any] = {}
+
     def matches(item: Any, ch: str) -> bool:
-        """Whether the one-character item matches ``ch`` in either case."""
-        try:
-            one = _compiler.compile(_parser.SubPattern(parsed.state, [item]), re.IGNORECASE)
-        except Exception:  # cannot tell: as if it did
+        """Whether the one-character item matches ``ch`` (ignoring case, as re does)."""
+        one = compiled.get(id(item))
+        if one is None:
+            try:
+                one = _compiler.compile(_parser.SubPattern(parsed.state, [item]), re.IGNORECASE)
+            except Exception:  # cannot tell: as if it did
+                return True
+            compiled[id(item)] = one
+        return one.fullmatch(ch) is not None
+
+    def overlap(first: Any, second: Any) -> bool:
+        """Whether two repeated parts can match a common character (sampled: ASCII, a
+        no-break space, and letters beyond ASCII); a part of more than one item can."""
+        if len(first) != 1 or len(second) != 1:
             return True
-        return any(one.fullmatch(x) for x in {ch, ch.lower(), ch.upper()})
+        if first[0][0] not in single or second[0][0] not in single:
+            return True
+        return any(matches(first[0], ch) and matches(second[0], ch) for ch in _SAMPLE)
 
     def delimited(body: Any, after: Any) -> bool:
         """A repeat of ``body`` (one character) that ``after`` (a literal) ends."""
@@ -154,27 +175,46 @@ def backtracking_risk(pattern: str) -> str | None:
         return items[0] if items else None
 
     def distinct_starts(alternatives: Any) -> bool:
+        """Alternatives that start with literals no two of which match each other under
+        case folding (not only lower(): to re the long s is "s", the final sigma a
+        sigma)."""
         starts = [first_item(alt) for alt in alternatives]
         if not all(s is not None and s[0] == c.LITERAL for s in starts):
             return False
-        chars = [chr(s[1]).lower() for s in starts]
-        return len(set(chars)) == len(chars)
+        return not any(matches(a, chr(b[1])) for i, a in enumerate(starts) for b in starts[i + 1 :])
 
-    def walk(items: Any, inside: bool, wrap: Any) -> str | None:
+    def one_char(body: Any) -> bool:
+        return len(body) == 1 and body[0][0] in single
+
+    def walk(items: Any, inside: bool, wrap: Any, top: bool = False) -> str | None:
         """``inside``: within a repeat of more than once, whose repeated part starts
-        with ``wrap`` (what follows the last item of an iteration)."""
+        with ``wrap`` (what follows the last item of an iteration); ``top``: the
+        pattern itself, whose last repeat always matches what is left."""
+        unclosed: list[Any] = []  # unbounded repeats nothing has ended yet
         for i, (op, av) in enumerate(items):
             if op in (c.GROUPREF, c.GROUPREF_EXISTS):
                 return "a backreference"
             found = None
+            if op == c.LITERAL:  # "\\d+\\." : the literal ends what cannot match it
+                unclosed = [u for u in unclosed if not one_char(u) or matches(u[0], chr(av))]
             if op in repeats:
                 low, high, body = av
                 if inside:
                     after = items[i + 1] if i + 1 < len(items) else wrap
-                    fixed = low == high and len(body) == 1 and body[0][0] in single
+                    fixed = low == high and one_char(body)
                     if not (fixed or delimited(body, after)):
                         return "a repeat inside a repeat"
                     continue
+                trailing = top and all(o == c.AT for o, _ in items[i + 1 :])
+                # Unbounded repeats that can take the same text with nothing between that
+                # ends the first ("a.*b.*c", "\\d+\\s*\\d+ x"): polynomial, seconds on a
+                # few kilobytes (eleventh review).
+                if high == c.MAXREPEAT and not trailing and any(overlap(u, body) for u in unclosed):
+                    return "two unbounded repeats that can match the same text"
+                if low >= 1:  # at least one character the earlier ones cannot take
+                    unclosed = [u for u in unclosed if overlap(u, body)]
+                if high == c.MAXREPEAT:
+                    unclosed.append(body)
                 found = walk(body, high > 1, first_item(body))
             elif op == c.BRANCH and inside:
                 if not distinct_starts(av[1]):
@@ -183,7 +223,9 @@ def backtracking_risk(pattern: str) -> str | None:
                     found = found or walk(alternative, inside, wrap)
             else:
                 last = i + 1 == len(items)
-                for child in av if isinstance(av, tuple | list) else ():
+                if op not in single and op != c.AT:
+                    unclosed = []  # a group or an assertion: judged on its own
+                for child in av if isinstance(av, tuple | list) else [av]:
                     for sub in child if isinstance(child, list) else [child]:
                         if isinstance(sub, _parser.SubPattern):
                             within = inside and op not in safe
@@ -193,7 +235,7 @@ def backtracking_risk(pattern: str) -> str | None:
                 return found
         return None
 
-    return walk(parsed, False, None)
+    return walk(parsed, False, None, top=True)
 
 
 def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:
