@@ -891,6 +891,24 @@ def test_a_malformed_auth_challenge_leaves_no_password_in_the_traceback() -> Non
     assert PASSWORD not in rendered
 
 
+def test_a_non_ascii_password_is_djangos_error_without_the_password(
+    smtp_server_factory: Factory,
+) -> None:
+    """Django raises UnicodeEncodeError, fail_silently or not; ours made it an
+    SMTPException (an OSError), which fail_silently then hid (eleventh review). The
+    type is Django's; its text names no character of the password."""
+    server = smtp_server_factory(auth={"app": PASSWORD}, auth_require_tls=False)
+    backend = EmailBackend(
+        host=server.host, port=server.port, username="app", password="pässwörd",  # noqa: S106 - a test value
+        allow_insecure_auth=True, fail_silently=True,
+    )  # fmt: skip
+    with pytest.raises(UnicodeEncodeError) as info:
+        backend.open()
+    backend.close()
+    assert "ä" not in str(info.value)
+    assert "ö" not in str(info.value)
+
+
 def test_a_username_without_auth_offered_is_smtplibs_error(site: SMTPTestServer) -> None:
     backend = mail.get_connection(username="app", password=PASSWORD)
     with pytest.raises(smtplib.SMTPNotSupportedError, match="SMTP AUTH extension not supported"):

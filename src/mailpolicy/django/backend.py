@@ -393,8 +393,14 @@ class EmailBackend(smtp.EmailBackend):
         try:
             connection.login(self.username or "", self.password or "")
         except UnicodeEncodeError:  # its text quotes a character of the password
-            failure = smtplib.SMTPException(
-                "the SMTP username or password has non-ASCII characters, which smtplib cannot send"
+            # The same type as Django's backend raises (not an OSError: fail_silently
+            # does not hide it), without the character (eleventh review).
+            failure = UnicodeEncodeError(
+                "ascii",
+                "\ufffd",
+                0,
+                1,
+                "the SMTP username or password has non-ASCII characters, which smtplib cannot send",
             )
         except Exception as exc:  # every kind: login()'s frames hold the password
             # SMTPException, or what a malformed challenge makes smtplib raise
