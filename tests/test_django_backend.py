@@ -299,6 +299,35 @@ def test_a_unicode_local_part_is_sent_as_written_with_smtputf8(site: SMTPTestSer
     assert site.messages[0].smtputf8
 
 
+def test_importing_the_backend_under_a_mocked_smtplib_works() -> None:
+    """A common test pattern, mock.patch("smtplib.SMTP") around the first send_mail,
+    failed at import with "metaclass conflict": the bounded classes subclassed smtplib's
+    at import time (twelfth review). They are built when first needed, and a mocked
+    class is used as given. A fresh interpreter: here the module is imported already."""
+    import subprocess
+    import sys
+
+    script = (
+        "from unittest import mock\n"
+        "import django\n"
+        "from django.conf import settings\n"
+        "settings.configure(EMAIL_BACKEND='mailpolicy.django.EmailBackend')\n"
+        "django.setup()\n"
+        "with mock.patch('smtplib.SMTP') as m:\n"
+        "    from django.core import mail\n"
+        "    try:\n"
+        "        mail.send_mail('s', 'b', 'a@example.org', ['b@example.org'])\n"
+        "    except Exception:\n"
+        "        pass  # a MagicMock is no SMTP server (docs/django.md)\n"
+        "    print('mock used:', m.called)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "metaclass" not in done.stderr, done.stderr
+    assert "mock used: True" in done.stdout
+
+
 def test_the_backends_own_connection_setup_reads_replies_bounded(site: SMTPTestServer) -> None:
     """The greeting, EHLO, STARTTLS and AUTH are read in the backend's open(), before
     the connection is the Sender's: with smtplib's own class a flood grew the process

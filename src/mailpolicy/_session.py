@@ -117,21 +117,43 @@ class _DeadlineFile:
         self._raw.close()
 
 
-class _SMTP(smtplib.SMTP):
-    """smtplib.SMTP whose replies are read through :class:`_DeadlineFile`."""
+class _BoundedReplies:
+    """Mixed into smtplib's classes: replies read through :class:`_DeadlineFile` from
+    the greeting on (the MRO puts smtplib's ``__init__`` and connect after this one)."""
+
+    reply_deadline: float | None
 
     def __init__(self, *args: Any, reply_deadline: float | None = None, **kwargs: Any) -> None:
         self.reply_deadline = reply_deadline  # before connecting: the greeting is a reply
         super().__init__(*args, **kwargs)
 
     def getreply(self) -> tuple[int, bytes]:
-        _bounded_reader(self)
-        return super().getreply()
+        _bounded_reader(self)  # type: ignore[arg-type]  # mixed into smtplib.SMTP
+        reply: tuple[int, bytes] = super().getreply()  # type: ignore[misc]
+        return reply
 
 
-class _SMTPS(_SMTP, smtplib.SMTP_SSL):
-    """smtplib.SMTP_SSL whose replies are read through :class:`_DeadlineFile` (the MRO
-    puts SMTP_SSL's ``__init__`` and connect after :class:`_SMTP`'s)."""
+_BOUNDED: Final[dict[Any, Any]] = {}  # smtplib class -> its bounded subclass
+
+
+def _bounded_subclass(base: type[smtplib.SMTP]) -> type[smtplib.SMTP]:
+    found = _BOUNDED.get(base)
+    if found is None:
+        found = _BOUNDED.setdefault(
+            base, type(f"Bounded{base.__name__}", (_BoundedReplies, base), {})
+        )
+    bounded: type[smtplib.SMTP] = found
+    return bounded
+
+
+def bounded_smtp_class(base: Any) -> Any:
+    """``base`` (``smtplib.SMTP`` or ``SMTP_SSL`` as they are now) reading replies
+    bounded; built when first needed, not at import: a test that patches smtplib's
+    classes with a mock before this module is imported must not break the import
+    (twelfth review), and gets its mock back, used as given."""
+    if not isinstance(base, type) or not issubclass(base, smtplib.SMTP):
+        return base
+    return _bounded_subclass(base)
 
 
 def _bounded_reader(conn: smtplib.SMTP) -> None:
@@ -383,7 +405,7 @@ class Session:
         if s.security == "ssl":
             conn = self._step(
                 "connect",
-                lambda: _SMTPS(
+                lambda: bounded_smtp_class(smtplib.SMTP_SSL)(
                     s.host,
                     s.port,
                     local_hostname=local,
@@ -397,7 +419,7 @@ class Session:
             # SMTPConnectError with the server's reply.
             conn = self._step(
                 "connect",
-                lambda: _SMTP(
+                lambda: bounded_smtp_class(smtplib.SMTP)(
                     s.host,
                     s.port,
                     local,

@@ -45,7 +45,7 @@ from .._message import split_addresses
 from .._outcome import DeliveryReport
 from .._policy import Policy
 from .._sender import Sender
-from .._session import _AUTH_IN_CLEAR, _AUTH_OVER_TLS, _SMTP, _SMTPS, Security
+from .._session import _AUTH_IN_CLEAR, _AUTH_OVER_TLS, Security, bounded_smtp_class
 from .._store import Store
 from . import signals
 from ._settings import Options, read_options
@@ -54,11 +54,6 @@ from .errors import STORE_SETTING, DeliveryIncomplete, ImproperlyConfiguredError
 #: Django 6.1 serialises with ``message(policy=email.policy.SMTP)`` and prepares
 #: envelope addresses with ``prep_address()``; 5.2 uses ``sanitize_address()``.
 _MODERN: Final = django.VERSION >= (6, 1)
-
-#: smtplib's classes as imported: a test that patches them (Django's own suite mocks
-#: ``smtplib.SMTP``) gets its mock; otherwise connections read replies bounded.
-_PLAIN_SMTP: Final = smtplib.SMTP
-_PLAIN_SMTP_SSL: Final = smtplib.SMTP_SSL
 
 
 def _addr_spec(address: object) -> str:
@@ -271,11 +266,8 @@ class EmailBackend(smtp.EmailBackend):
         flood them or feed them a line at a time (eleventh review: 2.25 GB in 12 s; 50 s
         with timeout=2). A patched smtplib class (a test's mock) is used as given."""
         given = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
-        if given is _PLAIN_SMTP_SSL:
-            return _SMTPS
-        if given is _PLAIN_SMTP:
-            return _SMTP
-        return given
+        bounded: type[smtplib.SMTP] = bounded_smtp_class(given)
+        return bounded
 
     def _check_connection_settings(self) -> None:
         """Let the Sender check host, port and timeout now, not at the first send. (The
