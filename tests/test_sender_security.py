@@ -425,3 +425,28 @@ def test_a_reply_line_without_a_code_is_unreadable_not_a_desync() -> None:
     _OPEN.append(s)
     (o,) = s.send(message()).outcomes
     assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", True)
+
+
+@pytest.mark.parametrize(
+    ("replies", "after_dot", "ambiguous"),
+    [
+        ((b"250 raw.test\r\n", b"334 eA==\r\n"), None, False),  # to MAIL
+        ((b"250 raw.test\r\n", b"250 ok\r\n", b"354 ok\r\n"), None, False),  # to RCPT
+        (
+            (b"250 raw.test\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"),
+            b"354 go on\r\n",
+            True,
+        ),
+    ],
+)
+def test_a_3xx_reply_to_mail_rcpt_or_the_dot_is_no_delivery(
+    replies: tuple[bytes, ...], after_dot: bytes | None, ambiguous: bool
+) -> None:
+    """Class 3 was read as success: "354" to RCPT reported delivered a message never
+    sent (twelfth review). An answer of the wrong class is an unreadable reply."""
+    server = _one_session_server(*replies, after_dot=after_dot)
+    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    (o,) = s.send(message()).outcomes
+    assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", ambiguous)

@@ -248,6 +248,14 @@ class RecipientResult:
     rebatch: bool = False
 
 
+def _check_reply_class(code: int, reply: bytes) -> None:
+    """MAIL, RCPT and the final dot are answered 2xx, 4xx or 5xx. A 1xx or 3xx there (or
+    a code past 5xx) answers nothing we asked, and was read as success: "354" to RCPT
+    reported delivered a message never sent (twelfth review). An unreadable reply."""
+    if not (200 <= code < 300 or 400 <= code < 600):
+        raise OSError(f"unexpected reply {_reply_text(code, reply)!r}: connection abandoned")
+
+
 def _reply_text(code: int, message: bytes | str) -> str:
     text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
     return f"{code} {text}" if code > 0 else text
@@ -545,6 +553,7 @@ class Session:
         # re-parsing in mail()/rcpt(), which costs 10-20 us a command)
         try:
             code, reply = _command(conn, "mail", f"FROM:<{envelope_from}>", options)
+            _check_reply_class(code, reply)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             if not fresh:
                 raise _StaleConnectionError from exc  # an idle pooled connection timed out
@@ -563,6 +572,7 @@ class Session:
             try:
                 self._arm(conn)
                 code, reply = _command(conn, "rcpt", f"TO:<{wire}>", ())
+                _check_reply_class(code, reply)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self.close(polite=False)
                 fail_all(_lost(exc, "rcpt", rules), str(exc), results[i:] + accepted)
@@ -626,6 +636,7 @@ class Session:
                     _set_reply_deadline(conn, None)
                 sock.settimeout(eod)
             code, reply = conn.getreply()
+            _check_reply_class(code, reply)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # RFC 5321 §4.5.3.2.6, §6.1: after the final dot the server may have taken
             # the message. Ambiguous: never retried inline.
