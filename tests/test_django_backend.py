@@ -299,6 +299,18 @@ def test_a_unicode_local_part_is_sent_as_written_with_smtputf8(site: SMTPTestSer
     assert site.messages[0].smtputf8
 
 
+def test_brackets_in_a_quoted_name_never_choose_the_envelope_recipient(
+    site: SMTPTestServer,
+) -> None:
+    """'"x <bob@evil.example>" ann@example.com' went to RCPT TO:<bob@evil.example>,
+    another domain than any address Django reads there (twelfth review)."""
+    m = message("ok@example.org", '"x <bob@evil.example>" ann@example.com')
+    mail.get_connection().send_messages([m])
+    sent_to = [r for msg in site.messages for r in msg.rcpt_tos]
+    assert "bob@evil.example" not in sent_to
+    assert "ok@example.org" in sent_to
+
+
 def test_importing_the_backend_under_a_mocked_smtplib_works() -> None:
     """A common test pattern, mock.patch("smtplib.SMTP") around the first send_mail,
     failed at import with "metaclass conflict": the bounded classes subclassed smtplib's

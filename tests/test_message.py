@@ -218,6 +218,11 @@ def test_an_idn_domain_alone_goes_as_its_a_label_without_smtputf8() -> None:
         # the colons of an address literal are not a group's (fuzz review: '::1]')
         ("b@[IPv6:::1]", ["b@[IPv6:::1]"]),
         ("x@[IPv6:2001:db8::1], A <a@x.org>", ["x@[IPv6:2001:db8::1]", "a@x.org"]),
+        # brackets inside a quoted string are text, not the address (twelfth review:
+        # the envelope went to bob@evil.example)
+        ('Ann <ann@example.com> "<bob@evil.example>"', ["ann@example.com"]),
+        ('"x <bob@evil.example>" ann@example.com', ['"x <bob@evil.example>" ann@example.com']),
+        ('"a, <b@evil.example>" <c@example.org>', ["c@example.org"]),
     ],
 )
 def test_split_addresses(text: str, expected: list[str]) -> None:

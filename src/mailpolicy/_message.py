@@ -137,18 +137,25 @@ def split_addresses(text: str) -> list[str]:
     token: list[str] = []
     quoted = escaped = False
     angle = comment = 0
+    # Where the token's angle-addr opens and closes: brackets outside quotes and
+    # comments only ('"x <bob@evil>" ann@x' has none, its "<" being quoted text; taking
+    # that put bob@evil in the envelope: twelfth review).
+    spans: list[int] = []
 
     def flush() -> None:
-        raw = "".join(token).strip()
+        joined = "".join(token)
         token.clear()
-        if "<" in raw and ">" in raw:
-            raw = raw[raw.rindex("<") + 1 : raw.rindex(">")]
-        elif ":" in raw and not raw.startswith('"'):
-            # A group name ends at a colon before the address: "team: a@x", not the
-            # colons of an address literal "b@[IPv6:::1]" (fuzz review: '::1]').
-            colon, at = raw.find(":"), raw.find("@")
-            if at == -1 or colon < at:
-                raw = raw[colon + 1 :]
+        if len(spans) >= 2:
+            raw = joined[spans[0] + 1 : spans[1]]
+        else:
+            raw = joined.strip()
+            if ":" in raw and not raw.startswith('"'):
+                # A group name ends at a colon before the address: "team: a@x", not the
+                # colons of an address literal "b@[IPv6:::1]" (fuzz review: '::1]').
+                colon, at = raw.find(":"), raw.find("@")
+                if at == -1 or colon < at:
+                    raw = raw[colon + 1 :]
+        spans.clear()
         raw = raw.strip().rstrip(";").strip()
         if raw:
             out.append(raw)
@@ -171,9 +178,13 @@ def split_addresses(text: str) -> list[str]:
         elif comment:
             continue
         elif ch == "<":
+            if not angle and not spans:
+                spans.append(len(token))
             angle += 1
         elif ch == ">" and angle:
             angle -= 1
+            if not angle and len(spans) == 1:
+                spans.append(len(token))
         elif ch in ",;" and not angle:
             if ch == ";":
                 token.append(ch)
