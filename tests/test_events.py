@@ -289,7 +289,7 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
          "550 \u2018a***@münchen.example\u2019"),
         ("550 ann@XN--MNCHEN-3YA.example-", "ann@münchen.example", "550 a***@münchen.example-"),
         ("550 bob@x.org/ann@xn--mnchen-3ya.example", "ann@münchen.example",
-         "550 b***@x.org/a***@münchen.example"),
+         "550 b***@***/a***@münchen.example"),  # "x.org/ann" may be a local part
         # the local part before another domain (an alias rewritten by the server)
         ("550 <ann.smith@mail.example.org>", "ann.smith@example.org",
          "550 <a***@mail.example.org>"),
@@ -306,7 +306,7 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("550 <a|b@example.org>", "a|b@example.org", "550 <a***@example.org>"),
         ("550 <bob#ann@example.org> unknown", "ann@example.org", "550 <b***@example.org> unknown"),
         ("bob@x.org&max@xn--mnchen-3ya.example", "max@münchen.example",
-         "b***@x.org&m***@münchen.example"),
+         "b***@***&m***@münchen.example"),
         ("550 SRS0=HHH=TT=example.com=ann@fwd.example", "x@y.example",
          "550 S***@fwd.example"),
         ("550 ann@example.org。", "ann@example.org", "550 a***@example.org。"),
@@ -330,6 +330,15 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("ann@example.org.bob.secret@example.net", "x@y.example", "a***@***@example.net"),
         ('550 "bob secret" @example.net', "x@y.example", '550 "***@example.net'),
         ("550 \U0001f600\U0001f600\U0001f600@x.org", "x@y.example", "550 \U0001f600***@x.org"),
+        # twelfth review: a domain running into the next local part through "+", "/" or
+        # a space; separators inside a comment; " @" in ordinary text is no address
+        ("550 ann@example.orgbob.secret+tag@x.org", "x@y.example", "550 a***@***+t***@x.org"),
+        ("550 ann@example.orgbob.secret @x.org", "x@y.example", "550 a***@*** @x.org"),
+        ("550 <bob.secret(dept:sales)@x.org>", "x@y.example", "550 <b***@x.org>"),
+        ("550 <bob.secret(a,b)@x.org>", "x@y.example", "550 <b***@x.org>"),
+        ("an address needs a local part, an @-sign", "x@y.example",
+         "an address needs a local part, an @-sign"),
+        ("250 sent @ 10:30 to relay", "x@y.example", "250 sent @ 10:30 to relay"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(

@@ -274,11 +274,13 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
             start = _local_start(line, at, done)
         if start == at:  # nothing before the "@" ("@example.org"): no address
             continue
+        if line[at - 1] == " " and not line[at + 1 : at + 2].isalnum():
+            continue  # "an @-sign", "sent @ 10:30": a word and an at-sign, no address
         end = _domain_end(line, at)
         shown = _masked(line[start:end], address, wanted, style)
-        if end < len(line) and line[end] in _AT_SIGNS:
-            # The domain runs into the next "@": it holds the next address's local part
-            # ("ann@example.orgと受信者bob@x", "ann@x.org.bob@y"): hidden too.
+        if _runs_into_next(line, end):
+            # The domain runs into the next address's local part ("ann@example.orgと
+            # 受信者bob@x", "ann@x.org.bob+tag@y", "ann@x.orgbob @y"): hidden too.
             shown = shown.rpartition("@")[0] + "@***"
         out.append(line[done:start])
         out.append(shown)
@@ -291,6 +293,17 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
         return line
     out.append(line[done:])
     return "".join(out)
+
+
+def _runs_into_next(line: str, end: int) -> bool:
+    """Whether what follows a domain ending at ``end`` is the rest of a local part
+    before another at-sign: local-part characters and at most one space, then "@"."""
+    j = end
+    while j < len(line) and j - end < 4 * _MAX_LOCAL and _in_local(line[j]):
+        j += 1
+    if line.startswith(" ", j) and j + 1 < len(line) and line[j + 1] in _AT_SIGNS:
+        j += 1  # "bob @x": a space before the at-sign
+    return j < len(line) and line[j] in _AT_SIGNS
 
 
 def _local_start(line: str, at: int, done: int) -> int:
@@ -315,10 +328,15 @@ def _local_start(line: str, at: int, done: int) -> int:
     if word == i:
         return at
     start = word
-    for j in range(i - 2, word - 1, -1):  # the last opening mark before the last character
-        if _opens(line[j]):
-            if not (line[j] == "(" and line[i - 1] == ")"):  # a comment: the whole word
-                start = j + 1
+    depth = 0  # inside a comment, seen from its end: its marks open nothing
+    for j in range(i - 1, word - 1, -1):  # the last opening mark, outside comments
+        ch = line[j]
+        if ch == ")":
+            depth += 1
+        elif ch == "(" and depth:
+            depth -= 1
+        elif not depth and j < i - 1 and _opens(ch):
+            start = j + 1
             break
     if any(ch.isalnum() for ch in line[start:i]):  # a local part of symbols: all of it
         while start < i - 1 and not line[start].isalnum():
