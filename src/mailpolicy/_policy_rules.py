@@ -105,11 +105,15 @@ def _when(value: object, source: str, path: str) -> When:
     return When(**fields)
 
 
-#: Characters two repeated parts are tried on to tell whether they overlap.
+#: Characters two repeated parts are tried on to tell whether they overlap: ASCII, and a
+#: letter of the common scripts beyond it (Latin, Greek, Cyrillic, Hebrew, Arabic, CJK).
 _SAMPLE: Final = (
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     " \t\n!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00a0\u00e9\u00df\u4e2d\u017f"
+    "\u03b1\u03c9\u0430\u044f\u05d0\u0627\u064a\u3042\uac00"
 )
+#: A bounded repeat with more than this many is as costly as an unbounded one.
+_LARGE_REPEAT: Final = 64
 
 
 def backtracking_risk(pattern: str) -> str | None:
@@ -190,13 +194,10 @@ def backtracking_risk(pattern: str) -> str | None:
         """``inside``: within a repeat of more than once, whose repeated part starts
         with ``wrap`` (what follows the last item of an iteration); ``top``: the
         pattern itself, whose last repeat always matches what is left."""
-        unclosed: list[Any] = []  # unbounded repeats nothing has ended yet
         for i, (op, av) in enumerate(items):
             if op in (c.GROUPREF, c.GROUPREF_EXISTS):
                 return "a backreference"
             found = None
-            if op == c.LITERAL:  # "\\d+\\." : the literal ends what cannot match it
-                unclosed = [u for u in unclosed if not one_char(u) or matches(u[0], chr(av))]
             if op in repeats:
                 low, high, body = av
                 if inside:
@@ -205,16 +206,6 @@ def backtracking_risk(pattern: str) -> str | None:
                     if not (fixed or delimited(body, after)):
                         return "a repeat inside a repeat"
                     continue
-                trailing = top and all(o == c.AT for o, _ in items[i + 1 :])
-                # Unbounded repeats that can take the same text with nothing between that
-                # ends the first ("a.*b.*c", "\\d+\\s*\\d+ x"): polynomial, seconds on a
-                # few kilobytes (eleventh review).
-                if high == c.MAXREPEAT and not trailing and any(overlap(u, body) for u in unclosed):
-                    return "two unbounded repeats that can match the same text"
-                if low >= 1:  # at least one character the earlier ones cannot take
-                    unclosed = [u for u in unclosed if overlap(u, body)]
-                if high == c.MAXREPEAT:
-                    unclosed.append(body)
                 found = walk(body, high > 1, first_item(body))
             elif op == c.BRANCH and inside:
                 if not distinct_starts(av[1]):
@@ -223,8 +214,6 @@ def backtracking_risk(pattern: str) -> str | None:
                     found = found or walk(alternative, inside, wrap)
             else:
                 last = i + 1 == len(items)
-                if op not in single and op != c.AT:
-                    unclosed = []  # a group or an assertion: judged on its own
                 for child in av if isinstance(av, tuple | list) else [av]:
                     for sub in child if isinstance(child, list) else [child]:
                         if isinstance(sub, _parser.SubPattern):
@@ -235,7 +224,54 @@ def backtracking_risk(pattern: str) -> str | None:
                 return found
         return None
 
-    return walk(parsed, False, None, top=True)
+    possessive = getattr(c, "POSSESSIVE_REPEAT", None)
+
+    def sequence(items: Any, unclosed: list[Any], top: bool) -> tuple[str | None, list[Any]]:
+        """Large repeats that can take the same text one after the other, with nothing
+        between that ends the first ("a.*b.*c", "\\d+\\s*\\d+ x", "(.*)@(.*)x"):
+        polynomial, seconds on a few kilobytes (eleventh and twelfth reviews). Groups
+        are followed into, alternatives each; ``unclosed`` are the repeats nothing has
+        ended yet; ``top``: the pattern itself, whose very last repeat always matches
+        what is left ("spam.*")."""
+        for i, (op, av) in enumerate(items):
+            if op == c.LITERAL or op in single:  # a character ends what cannot take it
+                unclosed = [u for u in unclosed if overlap(u, [(op, av)])]
+            elif op == c.SUBPATTERN:
+                risk, unclosed = sequence(av[3], unclosed, top and i + 1 == len(items))
+                if risk:
+                    return risk, unclosed
+            elif op == c.BRANCH:
+                left: list[Any] = []
+                for alternative in av[1]:
+                    risk, after = sequence(alternative, list(unclosed), False)
+                    if risk:
+                        return risk, after
+                    left.extend(u for u in after if all(u is not x for x in left))
+                unclosed = left
+            elif op in repeats or op == possessive:
+                low, high, body = av
+                big = high == c.MAXREPEAT or high > _LARGE_REPEAT
+                last = top and i + 1 == len(items)
+                if (
+                    big
+                    and not last
+                    and op != possessive
+                    and any(overlap(u, body) for u in unclosed)
+                ):
+                    return "two large repeats that can match the same text", unclosed
+                if low >= 1:  # at least one character the earlier ones cannot take
+                    unclosed = [u for u in unclosed if overlap(u, body)]
+                if big and op != possessive:
+                    unclosed = [*unclosed, body]
+            elif op != c.AT:  # an assertion, an atomic group: judged on its own
+                for child in av if isinstance(av, tuple | list) else [av]:
+                    if isinstance(child, _parser.SubPattern):
+                        risk, _ = sequence(child, [], False)
+                        if risk:
+                            return risk, unclosed
+        return None, unclosed
+
+    return walk(parsed, False, None, top=True) or sequence(parsed, [], True)[0]
 
 
 def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:
