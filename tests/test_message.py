@@ -223,6 +223,10 @@ def test_an_idn_domain_alone_goes_as_its_a_label_without_smtputf8() -> None:
         ('Ann <ann@example.com> "<bob@evil.example>"', ["ann@example.com"]),
         ('"x <bob@evil.example>" ann@example.com', ['"x <bob@evil.example>" ann@example.com']),
         ('"a, <b@evil.example>" <c@example.org>', ["c@example.org"]),
+        # a quote or a backslash inside a comment is comment (thirteenth review)
+        ('("(") <evil@z.example> ) <a@x.example>', ["a@x.example"]),
+        ('(")a@x.example, b@y.example', ["a@x.example", "b@y.example"]),
+        ("a@x.example (\\)", ["a@x.example"]),
     ],
 )
 def test_split_addresses(text: str, expected: list[str]) -> None:

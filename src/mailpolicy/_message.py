@@ -161,6 +161,19 @@ def split_addresses(text: str) -> list[str]:
             out.append(raw)
 
     for ch in text:
+        if comment:
+            # Inside a comment only "\\", "(" and ")" mean anything, and nothing of it
+            # is kept: a quote or a backslash there began a quoted string and moved an
+            # address out of the comment (thirteenth review: the envelope went to it).
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == "(":
+                comment += 1
+            elif ch == ")":
+                comment -= 1
+            continue
         if escaped:
             escaped = False
         elif ch == "\\":
@@ -171,11 +184,6 @@ def split_addresses(text: str) -> list[str]:
             quoted = True
         elif ch == "(":
             comment += 1
-            continue
-        elif ch == ")" and comment:
-            comment -= 1
-            continue
-        elif comment:
             continue
         elif ch == "<":
             if not angle and not spans:
