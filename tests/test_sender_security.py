@@ -450,3 +450,46 @@ def test_a_3xx_reply_to_mail_rcpt_or_the_dot_is_no_delivery(
     _OPEN.append(s)
     (o,) = s.send(message()).outcomes
     assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", ambiguous)
+
+
+@pytest.mark.parametrize(
+    ("greeting_extra", "replies", "after_dot"),
+    [
+        # a second greeting: every later command read the reply before its own, and
+        # ann's 550 bounced (and suppressed) bob (thirteenth review)
+        (b"220 second\r\n", (b"250 raw.test\r\n", b"250 ok\r\n", b"550 5.1.1 no\r\n"), None),
+        # a stray reply after 354: the dot's 554 was never read, "delivered"
+        (b"", (b"250 raw.test\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n250 stray\r\n"),
+         b"554 5.7.1 rejected\r\n"),
+    ],
+)  # fmt: skip
+def test_a_reply_nobody_asked_for_abandons_the_connection(
+    greeting_extra: bytes, replies: tuple[bytes, ...], after_dot: bytes | None
+) -> None:
+    import contextlib
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        listener.close()  # one connection: a retry is refused
+        with contextlib.suppress(OSError), conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 raw.test ESMTP\r\n" + greeting_extra)
+            for reply in replies:
+                lines.readline()
+                conn.sendall(reply)
+            if after_dot is not None:
+                while lines.readline() not in (b".\r\n", b""):
+                    pass
+                conn.sendall(after_dot)
+            lines.readline()
+
+    threading.Thread(target=serve, daemon=True).start()
+    s = Sender("127.0.0.1", listener.getsockname()[1], security="none",
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    outcomes = s.send(message("ann@example.org")).outcomes
+    assert [o.state for o in outcomes] == ["deferred"]  # never bounced, never delivered
+    assert outcomes[0].reason == "network_error"

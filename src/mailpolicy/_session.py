@@ -9,6 +9,7 @@ finite timeouts, a fresh connection after 421 or a drop.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import smtplib
@@ -111,7 +112,28 @@ class _DeadlineFile:
             # The reply's last line: the next reply of the same command (an AUTH
             # exchange) starts from the command's timeout, not from what this one left.
             sock.settimeout(self._timeout)
+        if not self._in_reply and line and self._more_waiting(sock):
+            # Commands are never pipelined: bytes already here after a reply's last line
+            # are a reply nobody asked for yet, and every later command would read the
+            # one before its own ("220 first" "220 second": a 550 for ann taken for bob
+            # and bob suppressed; thirteenth review). Out of step: abandoned.
+            raise OSError("the server sent more than one reply: connection abandoned")
         return line
+
+    def _more_waiting(self, sock: socket.socket | None) -> bool:
+        """Whether bytes are already waiting after the reply just read (in the reader's
+        buffer or the socket), looked at without waiting for any."""
+        if sock is None or not hasattr(self._raw, "peek"):
+            return False
+        before = sock.gettimeout()
+        try:
+            sock.settimeout(0)
+            return bool(self._raw.peek(1))
+        except (OSError, ValueError):  # nothing there (EAGAIN, SSLWantRead), or closed
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                sock.settimeout(before)
 
     def close(self) -> None:
         self._raw.close()
@@ -151,7 +173,10 @@ def bounded_smtp_class(base: Any) -> Any:
     bounded; built when first needed, not at import: a test that patches smtplib's
     classes with a mock before this module is imported must not break the import
     (twelfth review), and gets its mock back, used as given."""
-    if not isinstance(base, type) or not issubclass(base, smtplib.SMTP):
+    try:
+        if not isinstance(base, type) or not issubclass(base, smtplib.SMTP):
+            return base
+    except TypeError:  # smtplib.SMTP itself mocked (SMTP_SSL asked for): as given
         return base
     return _bounded_subclass(base)
 
@@ -603,7 +628,7 @@ class Session:
             self.close(polite=False)
             fail_all(_lost(exc, "data", rules), str(exc), accepted)
             return results
-        if code != 354 and code < 400:
+        if code != 354 and (code < 400 or code >= 600):
             # Any other positive answer to DATA is no answer to it (a stale reply, a
             # broken server): the body was never sent. Never "delivered" (eleventh
             # review); the connection is abandoned and the recipients tried again.
