@@ -339,6 +339,10 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("an address needs a local part, an @-sign", "x@y.example",
          "an address needs a local part, an @-sign"),
         ("250 sent @ 10:30 to relay", "x@y.example", "250 sent @ 10:30 to relay"),
+        # thirteenth review: a quoted address before " @", " @[", a long local part
+        ('550 "bob.jones@example.org" @ 10:30', "x@y.example", '550 "b***@example.org" @ 10:30'),
+        ("550 bob.jones @[192.0.2.1]: denied", "x@y.example", "550 b***@[192.0.2.1]: denied"),
+        ("550 " + "q" * 300 + "@x.org", "x@y.example", "550 q***@x.org"),
     ],
 )  # fmt: skip
 def test_the_reply_text_masks_every_spelling_of_the_recipient(

@@ -257,7 +257,13 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
     and masking stops once enough has been written for the event."""
     wanted = None if "@" not in address else _mailbox_key(address)
     # Quoted local parts first: one may hold an "@" of its own ('"bob@x"@example.org').
-    quoted = [(m.start(), m.end()) for m in _QUOTED_LOCAL.finditer(line)]
+    # Only those a host name follows: '"bob@x.org" @ 10:30' quotes an address, it is
+    # not one (thirteenth review: the quoted address went through whole).
+    quoted = [
+        (m.start(), m.end())
+        for m in _QUOTED_LOCAL.finditer(line)
+        if _starts_host(line[m.end() + 1 : m.end() + 2])
+    ]
     q = 0  # the first quoted local part not yet behind us
     out: list[str] = []
     written = 0
@@ -274,7 +280,7 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
             start = _local_start(line, at, done)
         if start == at:  # nothing before the "@" ("@example.org"): no address
             continue
-        if line[at - 1] == " " and not line[at + 1 : at + 2].isalnum():
+        if line[at - 1] == " " and not _starts_host(line[at + 1 : at + 2]):
             continue  # "an @-sign", "sent @ 10:30": a word and an at-sign, no address
         end = _domain_end(line, at)
         shown = _masked(line[start:end], address, wanted, style)
@@ -293,6 +299,11 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
         return line
     out.append(line[done:])
     return "".join(out)
+
+
+def _starts_host(ch: str) -> bool:
+    """Whether a domain can start with ``ch``: a letter, a digit, an address literal."""
+    return ch.isalnum() or ch == "["
 
 
 def _runs_into_next(line: str, end: int) -> bool:
@@ -317,13 +328,8 @@ def _local_start(line: str, at: int, done: int) -> int:
     i = at
     if i > done and line[i - 1] == " ":
         i -= 1
-    word = i
-    while (
-        word > done
-        and i - word < 4 * _MAX_LOCAL
-        and not line[word - 1].isspace()
-        and line[word - 1] not in _AT_SIGNS
-    ):
+    word = i  # back to white space, however long (a longer local part showed its head)
+    while word > done and not line[word - 1].isspace() and line[word - 1] not in _AT_SIGNS:
         word -= 1
     if word == i:
         return at
