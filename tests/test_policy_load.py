@@ -413,6 +413,14 @@ def test_a_symlinked_policy_follows_its_target(tmp_path: Path) -> None:
         ("[\u0430-\u044f]+\\w+!", "two large repeats that can match the same text"),
         (".*x++.*y", "two large repeats that can match the same text"),
         ("(quota|limit).*exceeded", None),
+        # thirteenth review: a small repeat around a large one, a lookahead, small
+        # bounded repeats in a row, characters beyond the sample, a huge pattern
+        ("a(?:.*)?b(?:.*)?c", "two large repeats that can match the same text"),
+        (r"\d+(?=.*exceeded)", "two large repeats that can match the same text"),
+        (r"\w{0,64}\w{0,64}\w{0,64}x", "two large repeats that can match the same text"),
+        ("\u00f6+\u00f6+x", "two large repeats that can match the same text"),
+        ("x" * 1001, "more than 1000 characters"),
+        (r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", None),
         (r"<[\w.+-]+@[\w.-]+\.[a-z]+>", None),
         # what cannot split the text two ways (tenth review: these were refused)
         (r"(\w+\.)+\w+", None),

@@ -112,8 +112,11 @@ _SAMPLE: Final = (
     " \t\n!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~\u00a0\u00e9\u00df\u4e2d\u017f"
     "\u03b1\u03c9\u0430\u044f\u05d0\u0627\u064a\u3042\uac00"
 )
-#: A bounded repeat with more than this many is as costly as an unbounded one.
-_LARGE_REPEAT: Final = 64
+#: A bounded repeat with more than this many is as costly as an unbounded one for the
+#: sequence check (three of {0,64} in a row took seconds: thirteenth review).
+_LARGE_REPEAT: Final = 8
+#: The longest `text` pattern screened (and accepted): the screen's cost grows with it.
+_MAX_PATTERN: Final = 1000
 
 
 def backtracking_risk(pattern: str) -> str | None:
@@ -137,6 +140,11 @@ def backtracking_risk(pattern: str) -> str | None:
         parsed = _parser.parse(pattern, re.IGNORECASE)
     except Exception:  # another Python's layout: compiled above, not screened here
         return None
+    if len(pattern) > _MAX_PATTERN:
+        return f"more than {_MAX_PATTERN} characters"
+    # What two parts are tried on to tell whether they overlap: the common scripts, and
+    # every character the pattern itself names ("ö+ö+x", a Thai range: review).
+    sample = _SAMPLE + "".join({ch for ch in pattern if not ch.isascii()})
     repeats = {c.MAX_REPEAT, c.MIN_REPEAT}
     safe = {getattr(c, "POSSESSIVE_REPEAT", None), getattr(c, "ATOMIC_GROUP", None)} - {None}
     single = {c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY, c.CATEGORY}
@@ -161,7 +169,7 @@ def backtracking_risk(pattern: str) -> str | None:
             return True
         if first[0][0] not in single or second[0][0] not in single:
             return True
-        return any(matches(first[0], ch) and matches(second[0], ch) for ch in _SAMPLE)
+        return any(matches(first[0], ch) and matches(second[0], ch) for ch in sample)
 
     def delimited(body: Any, after: Any) -> bool:
         """A repeat of ``body`` (one character) that ``after`` (a literal) ends."""
@@ -251,6 +259,18 @@ def backtracking_risk(pattern: str) -> str | None:
             elif op in repeats or op == possessive:
                 low, high, body = av
                 big = high == c.MAXREPEAT or high > _LARGE_REPEAT
+                if not big:  # "(?:.*)?", "(.*){1}": what it repeats counts in the sequence
+                    risk, inner = sequence(body, list(unclosed), False)
+                    if risk:
+                        return risk, inner
+                    if low == 0:  # may be skipped: what was open before stays open
+                        unclosed = [
+                            *unclosed,
+                            *(u for u in inner if all(u is not x for x in unclosed)),
+                        ]
+                    else:
+                        unclosed = inner
+                    continue
                 last = top and i + 1 == len(items)
                 if (
                     big
@@ -263,10 +283,10 @@ def backtracking_risk(pattern: str) -> str | None:
                     unclosed = [u for u in unclosed if overlap(u, body)]
                 if big and op != possessive:
                     unclosed = [*unclosed, body]
-            elif op != c.AT:  # an assertion, an atomic group: judged on its own
+            elif op != c.AT:  # an assertion, an atomic group: from what is open now
                 for child in av if isinstance(av, tuple | list) else [av]:
                     if isinstance(child, _parser.SubPattern):
-                        risk, _ = sequence(child, [], False)
+                        risk, _ = sequence(child, list(unclosed), False)
                         if risk:
                             return risk, unclosed
         return None, unclosed
