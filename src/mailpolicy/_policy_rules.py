@@ -115,8 +115,12 @@ _SAMPLE: Final = (
 #: A bounded repeat with more than this many is as costly as an unbounded one for the
 #: sequence check (three of {0,64} in a row took seconds: thirteenth review).
 _LARGE_REPEAT: Final = 8
+#: How many ways a chain of small repeats may split a text before it is refused, and
+#: what one large repeat counts for.
+_MAX_WAYS: Final = 100_000
+_TEXT_WAYS: Final = 2048
 #: The longest `text` pattern screened (and accepted): the screen's cost grows with it.
-_MAX_PATTERN: Final = 1000
+_MAX_PATTERN: Final = 300
 
 
 def backtracking_risk(pattern: str) -> str | None:
@@ -149,17 +153,18 @@ def backtracking_risk(pattern: str) -> str | None:
     safe = {getattr(c, "POSSESSIVE_REPEAT", None), getattr(c, "ATOMIC_GROUP", None)} - {None}
     single = {c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY, c.CATEGORY}
 
-    compiled: dict[int, Any] = {}
+    compiled: dict[str, Any] = {}  # by content: a short-lived item's id() is reused
 
     def matches(item: Any, ch: str) -> bool:
         """Whether the one-character item matches ``ch`` (ignoring case, as re does)."""
-        one = compiled.get(id(item))
+        key = repr(item)
+        one = compiled.get(key)
         if one is None:
             try:
                 one = _compiler.compile(_parser.SubPattern(parsed.state, [item]), re.IGNORECASE)
             except Exception:  # cannot tell: as if it did
                 return True
-            compiled[id(item)] = one
+            compiled[key] = one
         return one.fullmatch(ch) is not None
 
     def overlap(first: Any, second: Any) -> bool:
@@ -234,6 +239,8 @@ def backtracking_risk(pattern: str) -> str | None:
 
     possessive = getattr(c, "POSSESSIVE_REPEAT", None)
 
+    small_spans: dict[int, int] = {}  # id of a small repeat's body -> its span
+
     def sequence(items: Any, unclosed: list[Any], top: bool) -> tuple[str | None, list[Any]]:
         """Large repeats that can take the same text one after the other, with nothing
         between that ends the first ("a.*b.*c", "\\d+\\s*\\d+ x", "(.*)@(.*)x"):
@@ -259,6 +266,19 @@ def backtracking_risk(pattern: str) -> str | None:
             elif op in repeats or op == possessive:
                 low, high, body = av
                 big = high == c.MAXREPEAT or high > _LARGE_REPEAT
+                if not big and one_char(body) and high > low and op != possessive:
+                    # Small repeats of one character in a row ("\\w?" twenty times,
+                    # "\\d{0,8}" twelve): each multiplies the ways to split the text by
+                    # its span (fourteenth review: past 10 s on 2 KB).
+                    chain = [u for u in unclosed if overlap(u, body)]
+                    ways = high - low + 1
+                    for u in chain:
+                        ways *= small_spans.get(id(u), _TEXT_WAYS)
+                    if ways > _MAX_WAYS and not (top and i + 1 == len(items)):
+                        return "repeats in a row that can split the text too many ways", unclosed
+                    small_spans[id(body)] = high - low + 1
+                    unclosed = [*chain, body] if low >= 1 else [*unclosed, body]
+                    continue
                 if not big:  # "(?:.*)?", "(.*){1}": what it repeats counts in the sequence
                     risk, inner = sequence(body, list(unclosed), False)
                     if risk:
@@ -276,9 +296,16 @@ def backtracking_risk(pattern: str) -> str | None:
                     big
                     and not last
                     and op != possessive
-                    and any(overlap(u, body) for u in unclosed)
+                    and any(overlap(u, body) for u in unclosed if id(u) not in small_spans)
                 ):
                     return "two large repeats that can match the same text", unclosed
+                if big and not last and op != possessive:
+                    ways = _TEXT_WAYS
+                    for u in unclosed:
+                        if id(u) in small_spans and overlap(u, body):
+                            ways *= small_spans[id(u)]
+                    if ways > _MAX_WAYS * _TEXT_WAYS:
+                        return "repeats in a row that can split the text too many ways", unclosed
                 if low >= 1:  # at least one character the earlier ones cannot take
                     unclosed = [u for u in unclosed if overlap(u, body)]
                 if big and op != possessive:
