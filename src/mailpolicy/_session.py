@@ -273,6 +273,16 @@ class RecipientResult:
     rebatch: bool = False
 
 
+def _check_in_step(conn: smtplib.SMTP) -> None:
+    """Before a command (or the message after 354): nothing may be waiting from the
+    server, since we never pipeline. A reply that arrived on its own after the one read
+    (a separate write) escaped the check at the end of that reply (fourteenth review).
+    Best effort: a reply still on its way is not seen."""
+    reader = conn.file
+    if isinstance(reader, _DeadlineFile) and reader._more_waiting(conn.sock):
+        raise OSError("the server sent a reply nobody asked for: connection abandoned")
+
+
 def _check_reply_class(code: int, reply: bytes) -> None:
     """MAIL, RCPT and the final dot are answered 2xx, 4xx or 5xx. A 1xx or 3xx there (or
     a code past 5xx) answers nothing we asked, and was read as success: "354" to RCPT
@@ -577,6 +587,7 @@ class Session:
         # --- MAIL FROM (addresses were validated: sent as they are, without smtplib's
         # re-parsing in mail()/rcpt(), which costs 10-20 us a command)
         try:
+            _check_in_step(conn)
             code, reply = _command(conn, "mail", f"FROM:<{envelope_from}>", options)
             _check_reply_class(code, reply)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -596,6 +607,7 @@ class Session:
         for i, (result, (_, wire)) in enumerate(zip(results, recipients, strict=True)):
             try:
                 self._arm(conn)
+                _check_in_step(conn)
                 code, reply = _command(conn, "rcpt", f"TO:<{wire}>", ())
                 _check_reply_class(code, reply)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -643,6 +655,7 @@ class Session:
             return results
         try:
             self._arm(conn)
+            _check_in_step(conn)
             conn.send(message.wire_data)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # The final dot did not get through: nothing can have been accepted.
