@@ -227,6 +227,12 @@ def test_an_idn_domain_alone_goes_as_its_a_label_without_smtputf8() -> None:
         ('("(") <evil@z.example> ) <a@x.example>', ["a@x.example"]),
         ('(")a@x.example, b@y.example', ["a@x.example", "b@y.example"]),
         ("a@x.example (\\)", ["a@x.example"]),
+        # fourteenth review: a backslash outside quotes is a character; a quoted group
+        # name; a colon in a quoted local part; a source route
+        ('Ann \\"<b@y.org>" <a@x.org>', ["a@x.org"]),
+        ('"Team A": a@x.org, c@x.org;', ["a@x.org", "c@x.org"]),
+        ('a."b:c"@x.org', ['a."b:c"@x.org']),
+        ("<@r.org:bob@y.org>", ["bob@y.org"]),
     ],
 )
 def test_split_addresses(text: str, expected: list[str]) -> None:

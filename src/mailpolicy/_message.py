@@ -141,20 +141,23 @@ def split_addresses(text: str) -> list[str]:
     # comments only ('"x <bob@evil>" ann@x' has none, its "<" being quoted text; taking
     # that put bob@evil in the envelope: twelfth review).
     spans: list[int] = []
+    colon: int | None = None  # the first colon outside quotes, comments and brackets
 
     def flush() -> None:
+        nonlocal colon
         joined = "".join(token)
         token.clear()
-        if len(spans) >= 2:
-            raw = joined[spans[0] + 1 : spans[1]]
-        else:
-            raw = joined.strip()
-            if ":" in raw and not raw.startswith('"'):
-                # A group name ends at a colon before the address: "team: a@x", not the
-                # colons of an address literal "b@[IPv6:::1]" (fuzz review: '::1]').
-                colon, at = raw.find(":"), raw.find("@")
-                if at == -1 or colon < at:
-                    raw = raw[colon + 1 :]
+        if colon is not None and "@" not in joined[:colon] and "[" not in joined[:colon]:
+            # A group name ends at its colon: "team: a@x", '"Team A": a@x' (a quoted
+            # name dropped the first member: fourteenth review); not the colons of an
+            # address literal "b@[IPv6:::1]" or of a quoted local part 'a."b:c"@x'.
+            start = colon + 1
+            joined = joined[start:]
+            spans[:] = [i - start for i in spans if i >= start]
+        colon = None
+        raw = joined[spans[0] + 1 : spans[1]] if len(spans) >= 2 else joined.strip()
+        if len(spans) >= 2 and raw.startswith("@") and ":" in raw:
+            raw = raw.split(":", 1)[1]  # an obsolete source route: "<@r.org:bob@y.org>"
         spans.clear()
         raw = raw.strip().rstrip(";").strip()
         if raw:
@@ -176,15 +179,21 @@ def split_addresses(text: str) -> list[str]:
             continue
         if escaped:
             escaped = False
-        elif ch == "\\":
-            escaped = True
         elif quoted:
-            quoted = ch != '"'
+            # A backslash escapes only inside a quoted string or a comment (RFC 5322
+            # quoted-pair): outside, 'Ann \\"<b@y>" <a@x>' opens a quoted string at the
+            # quote, and taking it as escaped sent to b@y (fourteenth review).
+            if ch == "\\":
+                escaped = True
+            else:
+                quoted = ch != '"'
         elif ch == '"':
             quoted = True
         elif ch == "(":
             comment += 1
             continue
+        elif ch == ":" and not angle and colon is None:
+            colon = len(token)  # where a group name ends, if this entry has one
         elif ch == "<":
             if not angle and not spans:
                 spans.append(len(token))
