@@ -339,6 +339,8 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("an address needs a local part, an @-sign", "x@y.example",
          "an address needs a local part, an @-sign"),
         ("250 sent @ 10:30 to relay", "x@y.example", "250 sent @ 10:30 to relay"),
+        ('550 "bob@secret"\uff20a.b', "x@y.example", '550 "***@a.b'),
+        ("550 mailfrom=bounce@our.org", "x@y.example", "550 mailfrom=b***@our.org"),
         # thirteenth review: a quoted address before " @", " @[", a long local part
         ('550 "bob.jones@example.org" @ 10:30', "x@y.example", '550 "b***@example.org" @ 10:30'),
         ("550 bob.jones @[192.0.2.1]: denied", "x@y.example", "550 b***@[192.0.2.1]: denied"),
@@ -360,6 +362,22 @@ def test_a_cut_without_white_space_leaves_no_piece_of_an_address() -> None:
 
     text = "550," + ("y" * 250 + "@d.o,") * 4 + "q" * 170 + "," + "bob.jones@example.org"
     assert "bob" not in shown_text(text, "ann@example.org", "mask")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "550 user" + " " * 4770 + "bob.secret @example.org unknown",
+        "550 user" + " " * 4770 + '"bob.secret jones"@example.org',
+        "550 " + "a" * 1160 + '@x.org "bob.secret jones"@example.org',
+    ],
+)
+def test_a_cut_before_masking_leaves_no_start_of_an_address(text: str) -> None:
+    """The word before " @", or a quoted local part, survived a cut that left its "@"
+    behind (fourteenth review)."""
+    from mailpolicy._events import shown_text
+
+    assert "bob" not in shown_text(text, "x@y.example", "mask")
 
 
 def test_the_hash_of_one_mailbox_is_one_token_and_of_another_another() -> None:

@@ -173,7 +173,11 @@ _AT_SIGN: Final = re.compile("[@\uff20\ufe6b]")
 #: A quoted local part ('"john doe"@', escapes included) before an at-sign.
 _QUOTED_LOCAL: Final = re.compile(r'"(?:[^"\\\r\n]|\\.){0,130}" ?(?=[@\uff20\ufe6b])')
 #: A key a server writes before an address without a separator ("to=ann@x").
-_KEY_PREFIX: Final = re.compile(r"(?:to|from|rcpt|orcpt|recipient|sender|user|mailbox)=", re.I)
+_KEY_PREFIX: Final = re.compile(
+    r"(?:to|from|rcpt|orcpt|recipient|sender|user|mailbox|mailfrom|smtp\.mailfrom"
+    r"|envelope-from)=",
+    re.I,
+)
 #: RFC 5321 §4.5.3.1: at most 255 octets of domain; a quoted local part of 64 and quotes.
 _MAX_DOMAIN: Final = 255
 #: Output past which masking stops: the event shows MAX_EVENT_TEXT characters, and
@@ -395,7 +399,7 @@ def _canonical(token: str) -> str:
     from: a full-width or small at-sign as "@", a quoted local part that needs no quotes
     unquoted, a space before the "@" dropped (eleventh review: several digests for one
     mailbox, and none for a full-width at-sign)."""
-    local, _, domain = token.rpartition("@") if "@" in token else _at_split(token)
+    local, _, domain = _at_split(token)  # at the last at-sign of any form
     local = local.rstrip()
     if len(local) > 2 and local[0] == local[-1] == '"' and _DOT_ATOM.fullmatch(local[1:-1]):
         local = local[1:-1]
@@ -413,19 +417,29 @@ def _whole_words(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     piece = text[:limit]
-    if text[limit].isspace():
-        return piece
     space = len(piece) - 1  # back to the last whitespace, of any kind str.split() splits on
     while space >= 0 and not piece[space].isspace():
         space -= 1
     if space > 0:
-        return piece[:space]
-    # No white space at all: a hard cut, without the characters an address could be
-    # made of at its end (the piece of one the cut split: "...,bob.j").
-    end = len(piece)
-    while end > 0 and _in_address(piece[end - 1]):
-        end -= 1
-    return piece[:end]
+        rest = text[space : space + 2 * _MAX_LOCAL].lstrip()
+        piece = piece[:space].rstrip()
+        if rest[:1] in tuple(_AT_SIGNS) or rest[:2].lstrip()[:1] in tuple(_AT_SIGNS):
+            # The last whole word's "@" is past the cut ("bob.secret @example.org":
+            # fourteenth review): without it.
+            last = len(piece)
+            while last > 0 and not piece[last - 1].isspace():
+                last -= 1
+            piece = piece[:last]
+    else:
+        # No white space at all: a hard cut, without the characters an address could be
+        # made of at its end (the piece of one the cut split: "...,bob.j").
+        end = len(piece)
+        while end > 0 and _in_address(piece[end - 1]):
+            end -= 1
+        piece = piece[:end]
+    if piece.count('"') % 2:  # an unclosed quoted string: a local part may start in it
+        piece = piece[: piece.rindex('"')]
+    return piece
 
 
 def _replace_alone(
