@@ -373,9 +373,13 @@ def test_a_connection_handed_over_is_bounded_too(
         assert smtp_server.connections == 2
 
 
-def _one_session_server(*replies: bytes, after_dot: bytes | None = None) -> Any:
-    """A raw SMTP server on loopback for one connection: the greeting, then ``replies``
-    to the commands in order, then (with ``after_dot``) the message and that reply."""
+def _one_session_server(
+    *replies: bytes, after_dot: bytes | None = None, greeting: bytes = b"220 raw.test ESMTP\r\n"
+) -> Any:
+    """A raw SMTP server on loopback for one connection (a second one is refused): the
+    greeting, then ``replies`` to the commands in order, then (with ``after_dot``) the
+    message and that reply."""
+    import contextlib
     import socket
     import threading
 
@@ -383,8 +387,9 @@ def _one_session_server(*replies: bytes, after_dot: bytes | None = None) -> Any:
 
     def serve() -> None:
         conn, _ = listener.accept()
-        with conn, conn.makefile("rb") as lines:
-            conn.sendall(b"220 raw.test ESMTP\r\n")
+        listener.close()
+        with contextlib.suppress(OSError), conn, conn.makefile("rb") as lines:
+            conn.sendall(greeting)
             for reply in replies:
                 lines.readline()
                 conn.sendall(reply)
@@ -393,20 +398,24 @@ def _one_session_server(*replies: bytes, after_dot: bytes | None = None) -> Any:
                     pass
                 conn.sendall(after_dot)
             lines.readline()
-        listener.close()  # one connection only: a second one is refused
 
     threading.Thread(target=serve, daemon=True).start()
     return listener
+
+
+def _sent_through(server: Any) -> list[Any]:
+    """The outcomes of one message to ann@example.org through a raw server."""
+    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    return list(s.send(message()).outcomes)
 
 
 def test_a_positive_reply_to_data_other_than_354_is_no_delivery() -> None:
     """A "250" to DATA (a stale reply, a broken server) was taken for success: the
     message reported delivered, its body never sent (eleventh review)."""
     server = _one_session_server(b"250 raw.test\r\n", b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n")
-    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
-               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
-    _OPEN.append(s)
-    (o,) = s.send(message()).outcomes
+    (o,) = _sent_through(server)
     assert o.state == "deferred"
     assert o.reason == "network_error"
 
@@ -420,10 +429,7 @@ def test_a_reply_line_without_a_code_is_unreadable_not_a_desync() -> None:
         b"250 raw.test\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n",
         after_dot=b"250-2.0.0 Ok: queued as\r\n    4AB12CD\r\n250 2.0.0 Ok\r\n",
     )  # fmt: skip
-    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
-               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
-    _OPEN.append(s)
-    (o,) = s.send(message()).outcomes
+    (o,) = _sent_through(server)
     assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", True)
 
 
@@ -445,10 +451,7 @@ def test_a_3xx_reply_to_mail_rcpt_or_the_dot_is_no_delivery(
     """Class 3 was read as success: "354" to RCPT reported delivered a message never
     sent (twelfth review). An answer of the wrong class is an unreadable reply."""
     server = _one_session_server(*replies, after_dot=after_dot)
-    s = Sender("127.0.0.1", server.getsockname()[1], security="none",
-               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
-    _OPEN.append(s)
-    (o,) = s.send(message()).outcomes
+    (o,) = _sent_through(server)
     assert (o.state, o.reason, o.ambiguous) == ("deferred", "network_error", ambiguous)
 
 
@@ -466,30 +469,7 @@ def test_a_3xx_reply_to_mail_rcpt_or_the_dot_is_no_delivery(
 def test_a_reply_nobody_asked_for_abandons_the_connection(
     greeting_extra: bytes, replies: tuple[bytes, ...], after_dot: bytes | None
 ) -> None:
-    import contextlib
-    import socket
-    import threading
-
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        listener.close()  # one connection: a retry is refused
-        with contextlib.suppress(OSError), conn, conn.makefile("rb") as lines:
-            conn.sendall(b"220 raw.test ESMTP\r\n" + greeting_extra)
-            for reply in replies:
-                lines.readline()
-                conn.sendall(reply)
-            if after_dot is not None:
-                while lines.readline() not in (b".\r\n", b""):
-                    pass
-                conn.sendall(after_dot)
-            lines.readline()
-
-    threading.Thread(target=serve, daemon=True).start()
-    s = Sender("127.0.0.1", listener.getsockname()[1], security="none",
-               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
-    _OPEN.append(s)
-    outcomes = s.send(message("ann@example.org")).outcomes
+    greeting = b"220 raw.test ESMTP\r\n" + greeting_extra
+    outcomes = _sent_through(_one_session_server(*replies, after_dot=after_dot, greeting=greeting))
     assert [o.state for o in outcomes] == ["deferred"]  # never bounced, never delivered
     assert outcomes[0].reason == "network_error"
