@@ -233,6 +233,16 @@ def test_an_idn_domain_alone_goes_as_its_a_label_without_smtputf8() -> None:
         ('"Team A": a@x.org, c@x.org;', ["a@x.org", "c@x.org"]),
         ('a."b:c"@x.org', ['a."b:c"@x.org']),
         ("<@r.org:bob@y.org>", ["bob@y.org"]),
+        # fifteenth review: an encoded word is display-name text whatever it holds; an
+        # "@" in a quoted group name
+        ("=?us-ascii?q?<evil@z>?= <a@x>", ["a@x"]),
+        ("A =?us-ascii?q?a,<evil@z>?= <a@x>", ["a@x"]),
+        ('=?us-ascii?q?"?= <a@x>, =?us-ascii?q?"?= <b@y>', ["a@x", "b@y"]),
+        ("=?us-ascii?q?(?= <a@x>, b@y", ["a@x", "b@y"]),
+        (
+            '"Support @ Example": ann@example.org, bob@example.org;',
+            ["ann@example.org", "bob@example.org"],
+        ),
     ],
 )
 def test_split_addresses(text: str, expected: list[str]) -> None:
@@ -277,6 +287,14 @@ def test_a_header_line_over_998_octets_is_a_message_error(raw: bytes, name: str)
     # The modern policies refold (or encode) a long header themselves: no error.
     refolded = prepare_message(email.message_from_bytes(raw, policy=email.policy.default))
     assert max(len(line) for line in refolded.data.split(b"\r\n")) <= 998
+
+
+def test_a_header_the_email_package_cannot_parse_is_no_crash() -> None:
+    """'team: a@x; b@y' (an address after a group's ";" without a comma) makes CPython's
+    header parser raise AttributeError; it escaped send() (fifteenth review)."""
+    raw = b"From: a@example.org\r\nTo: team: ann@example.org; bob@b\xc3\xbccher.de\r\n\r\nx\r\n"
+    m = email.message_from_bytes(raw, policy=email.policy.default)
+    assert prepare_message(m).recipients == ("ann@example.org", "bob@bücher.de")
 
 
 def test_short_lines_are_left_alone() -> None:

@@ -124,6 +124,9 @@ def _has_long_line(part: Message) -> bool:
     return isinstance(payload, str) and any(len(line) > 998 for line in payload.splitlines())
 
 
+_ENCODED_WORD: Final = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
 def split_addresses(text: str) -> list[str]:
     """The addr-specs of an address-list header, as the user wrote them.
 
@@ -142,19 +145,20 @@ def split_addresses(text: str) -> list[str]:
     # that put bob@evil in the envelope: twelfth review).
     spans: list[int] = []
     colon: int | None = None  # the first colon outside quotes, comments and brackets
+    started = False  # an "@" or "[" outside quotes and comments: no group name now
 
     def flush() -> None:
-        nonlocal colon
+        nonlocal colon, started
         joined = "".join(token)
         token.clear()
-        if colon is not None and "@" not in joined[:colon] and "[" not in joined[:colon]:
+        if colon is not None:
             # A group name ends at its colon: "team: a@x", '"Team A": a@x' (a quoted
             # name dropped the first member: fourteenth review); not the colons of an
             # address literal "b@[IPv6:::1]" or of a quoted local part 'a."b:c"@x'.
             start = colon + 1
             joined = joined[start:]
             spans[:] = [i - start for i in spans if i >= start]
-        colon = None
+        colon, started = None, False
         raw = joined[spans[0] + 1 : spans[1]] if len(spans) >= 2 else joined.strip()
         if len(spans) >= 2 and raw.startswith("@") and ":" in raw:
             raw = raw.split(":", 1)[1]  # an obsolete source route: "<@r.org:bob@y.org>"
@@ -163,7 +167,19 @@ def split_addresses(text: str) -> list[str]:
         if raw:
             out.append(raw)
 
-    for ch in text:
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        i += 1
+        if ch == "=" and not comment and not escaped:
+            word = _ENCODED_WORD.match(text, i - 1)
+            if word is not None:
+                # An encoded word is display-name text, whatever it holds: a "<", a
+                # quote or a comma in it is not syntax (fifteenth review: the envelope
+                # went to an address inside one).
+                token.extend(word.group())
+                i = word.end()
+                continue
         if comment:
             # Inside a comment only "\\", "(" and ")" mean anything, and nothing of it
             # is kept: a quote or a backslash there began a quoted string and moved an
@@ -192,8 +208,10 @@ def split_addresses(text: str) -> list[str]:
         elif ch == "(":
             comment += 1
             continue
-        elif ch == ":" and not angle and colon is None:
+        elif ch == ":" and not angle and colon is None and not started:
             colon = len(token)  # where a group name ends, if this entry has one
+        elif ch in "@[" and not angle:
+            started = True
         elif ch == "<":
             if not angle and not spans:
                 spans.append(len(token))
@@ -393,7 +411,11 @@ def prepare_message(
     if utf8_addresses:
         # Only the domains not ASCII ("user@bücher.de"): written as A-labels, the headers
         # need no SMTPUTF8 (RFC 5890; an encoded-word may not stand in an addr-spec).
-        ascii_domains = _with_a_label_domains(message)
+        try:
+            ascii_domains = _with_a_label_domains(message)
+        except Exception:  # the email package's header parser failing on odd syntax
+            # ("team: a@x; b@y": AttributeError in CPython 3.11-3.13; fifteenth review)
+            ascii_domains = None
         if ascii_domains is not None:
             message, utf8_addresses = ascii_domains, False
     data, smtputf8 = _serialise(message, utf8_addresses=utf8_addresses)

@@ -635,6 +635,7 @@ class Session:
         # --- DATA, the message, and the reply after the final dot
         try:
             self._arm(conn)
+            _check_in_step(conn)
             code, reply = conn.docmd("data")  # spelt as smtplib's own data() does
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
