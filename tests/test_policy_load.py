@@ -426,6 +426,9 @@ def test_a_symlinked_policy_follows_its_target(tmp_path: Path) -> None:
         (r"\w?" * 20 + "!", "repeats in a row that can split the text too many ways"),
         (r"\d{0,8}" * 12 + "x", "repeats in a row that can split the text too many ways"),
         ("colou?r", None),
+        # fifteenth review: characters named by escapes, not written out
+        (r"\u0e01*\u0e01*x", "two large repeats that can match the same text"),
+        (r"[\u0e01-\u0e2e]+[\u0e01-\u0e2e]+x", "two large repeats that can match the same text"),
         (r"\d\d?:\d\d", None),
         (r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}", None),
         # what cannot split the text two ways (tenth review: these were refused)

@@ -146,9 +146,6 @@ def backtracking_risk(pattern: str) -> str | None:
         return None
     if len(pattern) > _MAX_PATTERN:
         return f"more than {_MAX_PATTERN} characters"
-    # What two parts are tried on to tell whether they overlap: the common scripts, and
-    # every character the pattern itself names ("ö+ö+x", a Thai range: review).
-    sample = _SAMPLE + "".join({ch for ch in pattern if not ch.isascii()})
     repeats = {c.MAX_REPEAT, c.MIN_REPEAT}
     safe = {getattr(c, "POSSESSIVE_REPEAT", None), getattr(c, "ATOMIC_GROUP", None)} - {None}
     single = {c.LITERAL, c.NOT_LITERAL, c.IN, c.ANY, c.CATEGORY}
@@ -167,14 +164,46 @@ def backtracking_risk(pattern: str) -> str | None:
             compiled[key] = one
         return one.fullmatch(ch) is not None
 
+    # What two parts are tried on to tell whether they overlap: the common scripts, and
+    # every character the pattern names, as parsed (a literal, both ends of a range:
+    # two ranges that overlap share an end), so "\\u0e01*\\u0e01*x" is seen as well as
+    # "ก*ก*x" (fifteenth review).
+    named: set[str] = set()
+
+    def collect(items: Any) -> None:
+        for op, av in items:
+            if op == c.LITERAL:
+                named.add(chr(av))
+            elif op == c.RANGE:
+                named.update((chr(av[0]), chr(av[1])))
+            elif op == c.IN:
+                collect(av)
+                continue
+            for child in av if isinstance(av, tuple | list) else [av]:
+                if isinstance(child, _parser.SubPattern):
+                    collect(child)
+                elif isinstance(child, list):
+                    collect(child if all(isinstance(x, tuple) for x in child) else [])
+
+    collect(parsed)
+    sample = _SAMPLE + "".join(sorted(named - set(_SAMPLE)))
+    matched: dict[str, frozenset[str]] = {}  # what of the sample an item matches
+
+    def matched_by(item: Any) -> frozenset[str]:
+        key = repr(item)
+        found = matched.get(key)
+        if found is None:
+            found = matched[key] = frozenset(ch for ch in sample if matches(item, ch))
+        return found
+
     def overlap(first: Any, second: Any) -> bool:
-        """Whether two repeated parts can match a common character (sampled: ASCII, a
-        no-break space, and letters beyond ASCII); a part of more than one item can."""
+        """Whether two repeated parts can match a common character (of the sample); a
+        part of more than one item can."""
         if len(first) != 1 or len(second) != 1:
             return True
         if first[0][0] not in single or second[0][0] not in single:
             return True
-        return any(matches(first[0], ch) and matches(second[0], ch) for ch in sample)
+        return not matched_by(first[0]).isdisjoint(matched_by(second[0]))
 
     def delimited(body: Any, after: Any) -> bool:
         """A repeat of ``body`` (one character) that ``after`` (a literal) ends."""
