@@ -341,6 +341,11 @@ def test_a_log_handler_that_sends_mail_does_not_loop(
         ("250 sent @ 10:30 to relay", "x@y.example", "250 sent @ 10:30 to relay"),
         ('550 "bob@secret"\uff20a.b', "x@y.example", '550 "***@a.b'),
         ("550 mailfrom=bounce@our.org", "x@y.example", "550 mailfrom=b***@our.org"),
+        # fifteenth review: space, a bracket or a comment after the "@"
+        ("550 <bob.smith @ example.org> no", "x@y.example", "550 <b***@ example.org> no"),
+        ('550 "bob smith" @ example.org', "x@y.example", '550 "***@ example.org'),
+        ("550 bob.smith @(c)example.org", "x@y.example", "550 b***@(c)example.org"),
+        ("421 retry @10:30 UTC", "x@y.example", "421 retry @10:30 UTC"),
         # thirteenth review: a quoted address before " @", " @[", a long local part
         ('550 "bob.jones@example.org" @ 10:30', "x@y.example", '550 "b***@example.org" @ 10:30'),
         ("550 bob.jones @[192.0.2.1]: denied", "x@y.example", "550 b***@[192.0.2.1]: denied"),
@@ -370,6 +375,7 @@ def test_a_cut_without_white_space_leaves_no_piece_of_an_address() -> None:
         "550 user" + " " * 4770 + "bob.secret @example.org unknown",
         "550 user" + " " * 4770 + '"bob.secret jones"@example.org',
         "550 " + "a" * 1160 + '@x.org "bob.secret jones"@example.org',
+        ",".join("a" * 60 + "@x.io" for _ in range(18)) + ",bob(c)smith@x.org more",
     ],
 )
 def test_a_cut_before_masking_leaves_no_start_of_an_address(text: str) -> None:

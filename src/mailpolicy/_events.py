@@ -266,7 +266,7 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
     quoted = [
         (m.start(), m.end())
         for m in _QUOTED_LOCAL.finditer(line)
-        if _starts_host(line[m.end() + 1 : m.end() + 2])
+        if _starts_host(line[m.end() + 1 : m.end() + 2]) or _host_after(line, m.end()) >= 0
     ]
     q = 0  # the first quoted local part not yet behind us
     out: list[str] = []
@@ -284,9 +284,17 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
             start = _local_start(line, at, done)
         if start == at:  # nothing before the "@" ("@example.org"): no address
             continue
-        if line[at - 1] == " " and not _starts_host(line[at + 1 : at + 2]):
-            continue  # "an @-sign", "sent @ 10:30": a word and an at-sign, no address
-        end = _domain_end(line, at)
+        host = at + 1
+        if line[at - 1] == " " or line[at + 1 : at + 2] in (" ", "<", "("):
+            # Space, a bracket or a comment around the "@" ("bob @ example.org",
+            # "bob @(c)x.org": fifteenth review): an address only if a host name follows;
+            # "an @-sign" and "sent @ 10:30" are words.
+            host = _host_after(line, at)
+            if host < 0:
+                if line[at - 1] == " ":
+                    continue
+                host = at + 1
+        end = _domain_end(line, host - 1)
         shown = _masked(line[start:end], address, wanted, style)
         if _runs_into_next(line, end):
             # The domain runs into the next address's local part ("ann@example.orgと
@@ -303,6 +311,27 @@ def _addresses_masked(line: str, address: str, style: RecipientStyle) -> str:
         return line
     out.append(line[done:])
     return "".join(out)
+
+
+_DOTTED_HOST: Final = re.compile(r"[^\W_][\w-]*(?:[.\u3002\uff0e\uff61][\w-]+)+")
+
+
+def _host_after(line: str, at: int) -> int:
+    """Where a host name starts after the at-sign at ``at``, past one space, an opening
+    "<" and a comment; -1 unless an address literal or a dotted name is there."""
+    j = at + 1
+    if line.startswith(" ", j):
+        j += 1
+    if line.startswith("<", j):
+        j += 1
+    if line.startswith("(", j):
+        close = line.find(")", j, j + 2 * _MAX_LOCAL)
+        j = close + 1 if close != -1 else j
+    if line.startswith(" ", j):
+        j += 1
+    if line.startswith("[", j) or _DOTTED_HOST.match(line, j):
+        return j
+    return -1
 
 
 def _starts_host(ch: str) -> bool:
@@ -434,8 +463,8 @@ def _whole_words(text: str, limit: int) -> str:
         # No white space at all: a hard cut, without the characters an address could be
         # made of at its end (the piece of one the cut split: "...,bob.j").
         end = len(piece)
-        while end > 0 and _in_address(piece[end - 1]):
-            end -= 1
+        while end > 0 and (_in_address(piece[end - 1]) or piece[end - 1] in "()"):
+            end -= 1  # a comment too: "bob(c)" is a local part's start
         piece = piece[:end]
     if piece.count('"') % 2:  # an unclosed quoted string: a local part may start in it
         piece = piece[: piece.rindex('"')]
