@@ -71,6 +71,16 @@ bookkeeping of outcomes and reports (~30), reading the address headers (~15), th
 mail.attempt debug event (~8), the rest scattered. Faster than raw smtplib on the
 no-retry path would need a cheaper serialisation than the email package's.
 
+2026-11-28, fifth session (after the reply bounds and the out-of-step check): 1.116
+and 1.147 (PASS) early in the session; 1.18-1.20 (FAIL) in the last full runs, per-round
+ratios 1.11-1.37 on a machine shared with other work. Interleaved quick runs of the
+session's first and last code: client CPU +136/+119 us against +160/+127 us a message.
+The bounded reply reader costs about 1 us a reply line over CPython's C BufferedReader
+(its own buffer, so that bytes waiting after a reply are seen without a system call:
+peeking the socket per reply had cost 60 us a message), and a settimeout() per line
+only when a deadline is within a tenth of a second. The margin is gone; the next cuts
+are the ones listed above.
+
 Run from the repository root::
 
     .venv/bin/python bench/send.py                 # 7 rounds x 1,000 messages

@@ -33,6 +33,8 @@ SECURITY_MODES: Final[tuple[Security, ...]] = ("starttls", "ssl", "none")
 T = TypeVar("T")
 
 
+#: How much later than a deadline a reply may end, rather than a system call per line.
+_SLACK: Final = 0.1
 #: The most lines and bytes one reply may have. RFC 5321 sets no limit on a multi-line
 #: reply, and smtplib keeps every line it reads: a server (or, before STARTTLS, anyone on
 #: the path) sending "250-" lines forever made it grow until the process was killed
@@ -57,13 +59,21 @@ class _DeadlineFile:
     (an ``OSError``, which smtplib turns into ``SMTPServerDisconnected``)."""
 
     def __init__(self, raw: Any, conn: smtplib.SMTP) -> None:
+        # Our own buffer, read from the socket: whether bytes wait after a reply is then
+        # known without a system call (peeking the socket per reply cost 60 us a message:
+        # bench/send.py). A reader handed over (the caller's connection) is drained into
+        # it once, with a look that does not wait.
         self._raw = raw
+        self._buf = bytearray()
         self._conn = conn
         self._in_reply = False  # a continuation line ("250-") was the last one read
+        self._cut = False  # the socket's timeout was cut to what is left of a deadline
         self._lines = 0
         self._bytes = 0
         self._timeout: float | None = None
         self._reply_deadline: float | None = None
+        if raw is not None and conn.sock is not None and hasattr(raw, "peek"):
+            self._buf += _buffered_now(raw, conn.sock)
 
     def _start_reply(self) -> None:
         """A new reply begins: its own limits, from the socket timeout set for it."""
@@ -84,9 +94,12 @@ class _DeadlineFile:
             if left <= 0:
                 raise TimeoutError("the reply did not complete before the deadline")
             current = sock.gettimeout()
-            if current is None or current > left:
+            # Cut only when it matters (a tenth of a second): each settimeout() is two
+            # system calls, and a reply's lines mostly come at once (bench/send.py).
+            if current is None or current > left + _SLACK:
                 sock.settimeout(left)
-        line: bytes = self._raw.readline(limit)
+                self._cut = True
+        line = self._read_line(sock, limit)
         if line and not line[:3].isdigit():
             # smtplib stops at a line without a code (returns -1) and leaves the rest of
             # the reply in the buffer: every later command would read the reply before
@@ -108,11 +121,12 @@ class _DeadlineFile:
                 f"{MAX_REPLY_BYTES // 1024} KiB): connection abandoned"
             )
         self._in_reply = line[3:4] == b"-"
-        if not self._in_reply and sock is not None and own is not None:
+        if not self._in_reply and sock is not None and self._cut:
             # The reply's last line: the next reply of the same command (an AUTH
             # exchange) starts from the command's timeout, not from what this one left.
             sock.settimeout(self._timeout)
-        if not self._in_reply and line and self._more_waiting(sock):
+            self._cut = False
+        if not self._in_reply and line and self._buf:
             # Commands are never pipelined: bytes already here after a reply's last line
             # are a reply nobody asked for yet, and every later command would read the
             # one before its own ("220 first" "220 second": a 550 for ann taken for bob
@@ -120,23 +134,49 @@ class _DeadlineFile:
             raise OSError("the server sent more than one reply: connection abandoned")
         return line
 
-    def _more_waiting(self, sock: socket.socket | None) -> bool:
-        """Whether bytes are already waiting after the reply just read (in the reader's
-        buffer or the socket), looked at without waiting for any."""
-        if sock is None or not hasattr(self._raw, "peek"):
-            return False
-        before = sock.gettimeout()
-        try:
-            sock.settimeout(0)
-            return bool(self._raw.peek(1))
-        except (OSError, ValueError):  # nothing there (EAGAIN, SSLWantRead), or closed
-            return False
-        finally:
-            with contextlib.suppress(OSError):
-                sock.settimeout(before)
+    def _read_line(self, sock: socket.socket | None, limit: int) -> bytes:
+        """One line from the buffer, reading the socket (with its timeout) as needed;
+        what is there at the end of the stream."""
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                end = nl + 1
+                break
+            if (limit > 0 and len(buf) >= limit) or sock is None:
+                end = len(buf) if limit <= 0 else min(limit, len(buf))
+                break
+            chunk = sock.recv(8192)
+            if not chunk:
+                end = len(buf)
+                break
+            buf += chunk
+        line = bytes(buf[:end])
+        del buf[:end]
+        return line
+
+    @property
+    def waiting(self) -> bool:
+        """Whether bytes are here that no reply read yet took."""
+        return bool(self._buf)
 
     def close(self) -> None:
-        self._raw.close()
+        if self._raw is not None:
+            self._raw.close()
+
+
+def _buffered_now(reader: Any, sock: socket.socket) -> bytes:
+    """What a buffered reader holds (or the socket has) now, taken without waiting."""
+    before = sock.gettimeout()
+    try:
+        sock.settimeout(0)
+        data: bytes = reader.peek(65536) or b""
+        return reader.read(len(data)) if data else b""
+    except (OSError, ValueError):  # nothing there (EAGAIN, SSLWantRead), or closed
+        return b""
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(before)
 
 
 class _BoundedReplies:
@@ -188,9 +228,7 @@ def _bounded_reader(conn: smtplib.SMTP) -> None:
     replaced (review: without it, neither the size caps nor the deadlines held). Again
     after STARTTLS, where smtplib drops its reader."""
     if conn.sock is not None and not isinstance(conn.file, _DeadlineFile):
-        conn.file = _DeadlineFile(
-            conn.file if conn.file is not None else conn.sock.makefile("rb"), conn
-        )
+        conn.file = _DeadlineFile(conn.file, conn)
 
 
 def _set_reply_deadline(conn: smtplib.SMTP, deadline: float | None) -> None:
@@ -274,12 +312,12 @@ class RecipientResult:
 
 
 def _check_in_step(conn: smtplib.SMTP) -> None:
-    """Before a command (or the message after 354): nothing may be waiting from the
-    server, since we never pipeline. A reply that arrived on its own after the one read
-    (a separate write) escaped the check at the end of that reply (fourteenth review).
-    Best effort: a reply still on its way is not seen."""
+    """Before a command (or the message after 354): nothing read from the server may be
+    waiting, since we never pipeline. Best effort, and free: bytes that came with a
+    reply are seen; a reply still on its way, or in the socket unread, is not (looking
+    at the socket per command cost 60 us a message in bench/send.py)."""
     reader = conn.file
-    if isinstance(reader, _DeadlineFile) and reader._more_waiting(conn.sock):
+    if isinstance(reader, _DeadlineFile) and reader.waiting:
         raise OSError("the server sent a reply nobody asked for: connection abandoned")
 
 
