@@ -473,3 +473,113 @@ def test_a_reply_nobody_asked_for_abandons_the_connection(
     outcomes = _sent_through(_one_session_server(*replies, after_dot=after_dot, greeting=greeting))
     assert [o.state for o in outcomes] == ["deferred"]  # never bounced, never delivered
     assert outcomes[0].reason == "network_error"
+
+
+def test_a_stray_reply_while_idle_is_not_taken_for_the_next_commands_reply() -> None:
+    """A reply written on its own after the last one (a stray "250" 50 ms after the
+    dot) answered the next message's MAIL, and every later reply went to the command
+    before: a good recipient bounced, and was suppressed, with another's 550 (review
+    of the reply reader). Before the first command on a reused connection, anything
+    the server sent while idle makes it stale: a new connection is opened."""
+    import contextlib
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    dots = 0
+
+    def session(conn: socket.socket) -> None:
+        nonlocal dots
+        with contextlib.suppress(OSError), conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 raw.test ESMTP\r\n")
+            for line in iter(lines.readline, b""):
+                verb = line[:4].lower()
+                time.sleep(0.02)  # each reply in its own read, as over a real network
+                if verb == b"rcpt":
+                    refused = b"<ann@" in line
+                    conn.sendall(b"550 5.1.1 ann: no such user\r\n" if refused else b"250 ok\r\n")
+                elif verb == b"data":
+                    conn.sendall(b"354 go\r\n")
+                    while lines.readline() not in (b".\r\n", b""):
+                        pass
+                    dots += 1
+                    conn.sendall(b"250 2.0.0 queued\r\n")
+                    if dots == 1:
+
+                        def late(conn: socket.socket = conn) -> None:
+                            with contextlib.suppress(OSError):
+                                conn.sendall(b"250 2.0.0 stray\r\n")
+
+                        threading.Timer(0.05, late).start()
+                elif verb == b"quit":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=session, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    s = Sender("127.0.0.1", listener.getsockname()[1], security="none",
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    try:
+        assert s.send(message("x@example.org")).outcomes[0].state == "delivered"
+        time.sleep(0.3)
+        second = EmailMessage()
+        second["From"], second["To"], second["Subject"] = (
+            "app@example.com",
+            "ann@example.org, bob@example.org",
+            "x",
+        )
+        second.set_content("y")
+        states = {o.recipient: o.state for o in s.send(second).outcomes}
+    finally:
+        listener.close()
+    assert states == {"ann@example.org": "bounced", "bob@example.org": "delivered"}
+
+
+def test_a_line_fed_a_byte_at_a_time_is_bounded_by_the_command_timeout() -> None:
+    """The deadline was checked per line, and each read restarted the timeout: one
+    line fed a byte every 0.4 s held EHLO for 10 s with timeout=1 (review)."""
+    import socket
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 drip.test ESMTP\r\n")
+            conn.recv(1024)
+            for byte in b"250-" + b"x" * 100:
+                if stop.wait(0.4):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    s = Sender("127.0.0.1", listener.getsockname()[1], security="none", timeout=1.0,
+               relays=RelayRegistry(), local_hostname="client.test")  # fmt: skip
+    _OPEN.append(s)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StageError):
+            s.open()
+    finally:
+        stop.set()
+        listener.close()
+        serving.join(timeout=5)
+    assert time.monotonic() - started < 4  # about the 1 s timeout, not 10 s or more

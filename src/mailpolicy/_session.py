@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import select
 import smtplib
 import socket
 import ssl
@@ -89,17 +90,7 @@ class _DeadlineFile:
         own = self._reply_deadline
         if own is not None and (deadline is None or own < deadline):
             deadline = own
-        if deadline is not None and sock is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the reply did not complete before the deadline")
-            current = sock.gettimeout()
-            # Cut only when it matters (a tenth of a second): each settimeout() is two
-            # system calls, and a reply's lines mostly come at once (bench/send.py).
-            if current is None or current > left + _SLACK:
-                sock.settimeout(left)
-                self._cut = True
-        line = self._read_line(sock, limit)
+        line = self._read_line(sock, limit, deadline)
         if line and not line[:3].isdigit():
             # smtplib stops at a line without a code (returns -1) and leaves the rest of
             # the reply in the buffer: every later command would read the reply before
@@ -134,9 +125,11 @@ class _DeadlineFile:
             raise OSError("the server sent more than one reply: connection abandoned")
         return line
 
-    def _read_line(self, sock: socket.socket | None, limit: int) -> bytes:
-        """One line from the buffer, reading the socket (with its timeout) as needed;
-        what is there at the end of the stream."""
+    def _read_line(self, sock: socket.socket | None, limit: int, deadline: float | None) -> bytes:
+        """One line from the buffer, reading the socket as needed, each read within what
+        is left of ``deadline`` (per read, not per line: a line fed a byte at a time
+        held a command ten times its timeout; review); what is there at the end of the
+        stream."""
         buf = self._buf
         while True:
             nl = buf.find(b"\n")
@@ -146,6 +139,16 @@ class _DeadlineFile:
             if (limit > 0 and len(buf) >= limit) or sock is None:
                 end = len(buf) if limit <= 0 else min(limit, len(buf))
                 break
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the reply did not complete before the deadline")
+                current = sock.gettimeout()
+                # Cut only when it matters (a tenth of a second): each settimeout() is two
+                # system calls, and a reply mostly comes in one read (bench/send.py).
+                if current is None or current > left + _SLACK:
+                    sock.settimeout(left)
+                    self._cut = True
             chunk = sock.recv(8192)
             if not chunk:
                 end = len(buf)
@@ -319,6 +322,25 @@ def _check_in_step(conn: smtplib.SMTP) -> None:
     reader = conn.file
     if isinstance(reader, _DeadlineFile) and reader.waiting:
         raise OSError("the server sent a reply nobody asked for: connection abandoned")
+
+
+def _check_idle(conn: smtplib.SMTP) -> None:
+    """Before the first command on a reused connection: the server has said nothing
+    since its last reply. One select() a message (not a peek per command): a reply
+    written on its own after the last one (a late "250", a 421 while idle) would
+    otherwise answer MAIL, and every later reply go to the wrong command (review: a
+    good recipient bounced with another's 550)."""
+    sock = conn.sock
+    if sock is None:
+        return
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        raise OSError("the server sent a reply nobody asked for: connection abandoned")
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return
+    if readable:
+        raise OSError("the server sent something while idle: connection abandoned")
 
 
 def _check_reply_class(code: int, reply: bytes) -> None:
@@ -626,6 +648,8 @@ class Session:
         # re-parsing in mail()/rcpt(), which costs 10-20 us a command)
         try:
             _check_in_step(conn)
+            if not fresh:
+                _check_idle(conn)
             code, reply = _command(conn, "mail", f"FROM:<{envelope_from}>", options)
             _check_reply_class(code, reply)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
