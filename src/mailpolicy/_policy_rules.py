@@ -232,10 +232,9 @@ def backtracking_risk(pattern: str) -> str | None:
     def one_char(body: Any) -> bool:
         return len(body) == 1 and body[0][0] in single
 
-    def walk(items: Any, inside: bool, wrap: Any, top: bool = False) -> str | None:
+    def walk(items: Any, inside: bool, wrap: Any) -> str | None:
         """``inside``: within a repeat of more than once, whose repeated part starts
-        with ``wrap`` (what follows the last item of an iteration); ``top``: the
-        pattern itself, whose last repeat always matches what is left."""
+        with ``wrap`` (what follows the last item of an iteration)."""
         for i, (op, av) in enumerate(items):
             if op in (c.GROUPREF, c.GROUPREF_EXISTS):
                 return "a backreference"
@@ -347,7 +346,7 @@ def backtracking_risk(pattern: str) -> str | None:
                             return risk, unclosed
         return None, unclosed
 
-    return walk(parsed, False, None, top=True) or sequence(parsed, [], True)[0]
+    return walk(parsed, False, None) or sequence(parsed, [], True)[0]
 
 
 def parse_rules(value: object, source: str, path: str) -> list[PolicyRule]:

@@ -54,10 +54,11 @@ class _DeadlineFile:
     as it liked (research/validation-security.md, T-18). A reply must be complete
     within the connection's ``reply_deadline`` (a ``send()``'s deadline) or, without
     one, within the socket timeout in effect when it began (the command's timeout);
-    before each line the socket's timeout is cut to what is left, and none left is a
-    timeout, as if the socket had timed out. A reply of more than
-    :data:`MAX_REPLY_LINES` lines or :data:`MAX_REPLY_BYTES` bytes ends the connection
-    (an ``OSError``, which smtplib turns into ``SMTPServerDisconnected``)."""
+    before each read of the socket its timeout is cut to what is left (when that is
+    within :data:`_SLACK`), and none left is a timeout, as if the socket had timed out.
+    A reply of more than :data:`MAX_REPLY_LINES` lines or :data:`MAX_REPLY_BYTES` bytes
+    ends the connection (an ``OSError``, which smtplib turns into
+    ``SMTPServerDisconnected``)."""
 
     def __init__(self, raw: Any, conn: smtplib.SMTP) -> None:
         # Our own buffer, read from the socket: whether bytes wait after a reply is then
@@ -226,10 +227,10 @@ def bounded_smtp_class(base: Any) -> Any:
 
 def _bounded_reader(conn: smtplib.SMTP) -> None:
     """Read ``conn``'s replies through :class:`_DeadlineFile`: ours do so from their
-    first reply; a connection handed over by the caller (a plain ``smtplib.SMTP``, as
-    the Django backend's is) from the next command on, its buffered reader wrapped, not
-    replaced (review: without it, neither the size caps nor the deadlines held). Again
-    after STARTTLS, where smtplib drops its reader."""
+    first reply; a connection handed over by the caller (a plain ``smtplib.SMTP``) from
+    the next command on, what its own reader had buffered taken over (review: without
+    it, neither the size caps nor the deadlines held). Again after STARTTLS, where
+    smtplib drops its reader."""
     if conn.sock is not None and not isinstance(conn.file, _DeadlineFile):
         conn.file = _DeadlineFile(conn.file, conn)
 
@@ -314,24 +315,20 @@ class RecipientResult:
     rebatch: bool = False
 
 
-def _check_in_step(conn: smtplib.SMTP) -> None:
-    """Before a command (or the message after 354): nothing read from the server may be
-    waiting, since we never pipeline. Best effort, and free: bytes that came with a
-    reply are seen; a reply still on its way, or in the socket unread, is not (looking
-    at the socket per command cost 60 us a message in bench/send.py)."""
+def _check_quiet(conn: smtplib.SMTP, *, reused: bool) -> None:
+    """Before MAIL: the server has said nothing since its last reply (we never
+    pipeline). Bytes read but not taken by a reply are the reader's buffer: a reader
+    handed over with a reply in it (every other reply's leftovers already abandon the
+    connection at its last line, so this is the one place to look). On a reused
+    connection, also one select() a message (not a peek per command: 60 us a message
+    in bench/send.py): a reply written on its own while it sat idle (a late "250", a
+    421) would otherwise answer MAIL, and every later reply go to the wrong command
+    (review: a good recipient bounced with another's 550)."""
     reader = conn.file
     if isinstance(reader, _DeadlineFile) and reader.waiting:
         raise OSError("the server sent a reply nobody asked for: connection abandoned")
-
-
-def _check_idle(conn: smtplib.SMTP) -> None:
-    """Before the first command on a reused connection: the server has said nothing
-    since its last reply. One select() a message (not a peek per command): a reply
-    written on its own after the last one (a late "250", a 421 while idle) would
-    otherwise answer MAIL, and every later reply go to the wrong command (review: a
-    good recipient bounced with another's 550)."""
     sock = conn.sock
-    if sock is None:
+    if not reused or sock is None:
         return
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         raise OSError("the server sent a reply nobody asked for: connection abandoned")
@@ -647,9 +644,7 @@ class Session:
         # --- MAIL FROM (addresses were validated: sent as they are, without smtplib's
         # re-parsing in mail()/rcpt(), which costs 10-20 us a command)
         try:
-            _check_in_step(conn)
-            if not fresh:
-                _check_idle(conn)
+            _check_quiet(conn, reused=not fresh)
             code, reply = _command(conn, "mail", f"FROM:<{envelope_from}>", options)
             _check_reply_class(code, reply)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -669,7 +664,6 @@ class Session:
         for i, (result, (_, wire)) in enumerate(zip(results, recipients, strict=True)):
             try:
                 self._arm(conn)
-                _check_in_step(conn)
                 code, reply = _command(conn, "rcpt", f"TO:<{wire}>", ())
                 _check_reply_class(code, reply)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -697,7 +691,6 @@ class Session:
         # --- DATA, the message, and the reply after the final dot
         try:
             self._arm(conn)
-            _check_in_step(conn)
             code, reply = conn.docmd("data")  # spelt as smtplib's own data() does
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self.close(polite=False)
@@ -718,7 +711,6 @@ class Session:
             return results
         try:
             self._arm(conn)
-            _check_in_step(conn)
             conn.send(message.wire_data)
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             # The final dot did not get through: nothing can have been accepted.
