@@ -315,18 +315,15 @@ class SQLiteStore:
         self._retention = retention
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        if self._path != MEMORY:
-            try:
-                self._create_private()
-            except (OSError, ValueError) as exc:  # a NUL in the path, a name too long, ...
-                raise StoreError(f"{self._path}: cannot open the database file: {exc}") from exc
         try:
+            if self._path != MEMORY:
+                self._create_private()
             connection = sqlite3.connect(
                 self._path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
             raise self._error("opening", exc) from exc
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # a NUL in the path, a name too long, ...
             raise StoreError(f"{self._path}: cannot open the database file: {exc}") from exc
         try:
             self._configure(connection, synchronous)
